@@ -1,0 +1,217 @@
+"""One validated settings object, read from ``SYNTHPIPE_*`` variables and ``synthpipe.toml``.
+
+Nested sections use ``__`` in variable names: ``SYNTHPIPE_VL__BATCH_SIZE=8`` sets
+``settings.vl.batch_size``. The same keys go in ``synthpipe.toml`` as tables (``[vl]``).
+Defaults are the embedded ones: a SQLite file and local storage under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from common.errors import ConfigError
+
+ENV_PREFIX = "SYNTHPIPE_"
+TOML_FILE_ENV = "SYNTHPIPE_CONFIG"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class JobSettings(Section):
+    lease_s: float = Field(600.0, gt=0, description="how long a claimed job is held before it returns to the queue")
+    max_attempts: int = Field(3, ge=1, description="attempts before a job ends in dead")
+    backoff_base_s: float = Field(5.0, ge=0)
+    backoff_max_s: float = Field(600.0, ge=0)
+
+
+class ImageSettings(Section):
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    max_bytes: int = Field(25_000_000, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0, description="refused before decoding above this")
+    min_side: int = Field(64, ge=1)
+    animated: Literal["reject", "first_frame"] = "reject"
+
+
+class PairingSettings(Section):
+    keywords_file: Path | None = None
+    enrich_variations: int = Field(5, ge=1, le=50)
+    max_garments: int = Field(3, ge=1, le=3)
+    auto_pair: bool = Field(True, description="pair new crawled person/garment assets automatically")
+
+
+class VLSettings(Section):
+    backend: str = "qwen"
+    batch_size: int = Field(4, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    min_pixels: int = Field(128 * 28 * 28, gt=0)
+    max_pixels: int = Field(768 * 28 * 28, gt=0)
+    max_new_tokens: int = Field(1024, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    prompt_version: str = "v1"
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    min_feasibility: Literal["low", "medium", "high"] = "low"
+
+
+class EditSettings(Section):
+    backend: str = "instruct-pix2pix"
+    backend_tryon: str | None = Field(None, description="backend for the tryon recipe (default: backend)")
+    backend_enrich: str | None = Field(None, description="backend for the enrich recipe (default: backend)")
+    plus_model: str = "Qwen/Qwen-Image-Edit-2509"
+    plus_steps: int = Field(40, ge=1, description="steps for the multi-image editor")
+    plus_guidance_scale: float = Field(4.0, ge=0, description="true CFG scale for the multi-image editor")
+    batch_size: int = Field(4, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    image_guidance_scale: float = Field(1.5, ge=0)
+    scheduler: str = "euler_ancestral"
+    max_side: int = Field(512, ge=64)
+    negative_prompt: str | None = None
+
+
+class ScrapeSettings(Section):
+    user_agent: str = "synthpipe-crawler/0.1 (+https://github.com/synthpipe/synthpipe)"
+    page_timeout_s: float = Field(30.0, gt=0)
+    download_timeout_s: float = Field(30.0, gt=0)
+    max_image_bytes: int = Field(20_000_000, gt=0)
+    phash_threshold: int = Field(4, ge=0, le=64, description="Hamming distance that counts as a near duplicate")
+    colour_tolerance: int = Field(24, ge=0, le=255, description="and the largest colour difference (0-255)")
+    settle_s: float = Field(0.5, ge=0, description="wait after load for scripts and lazy images")
+    chromium_path: Path = Path("/usr/bin/chromium")
+    chromedriver_path: Path = Path("/usr/bin/chromedriver")
+
+
+class CelerySettings(Section):
+    soft_time_limit_s: float = Field(1800.0, gt=0, description="a task is asked to stop after this")
+    time_limit_s: float = Field(2100.0, gt=0, description="a task is killed after this")
+    visibility_timeout_s: float = Field(7200.0, gt=0, description="Redis redelivers unacked messages after this")
+    sweep_interval_s: float = Field(30.0, gt=0, description="how often a worker returns expired leases and resends lost messages")
+    resend_after_s: float = Field(120.0, gt=0, description="a queued job untouched this long gets its message sent again")
+
+
+class FlowerSettings(Section):
+    port: int = Field(5555, ge=1, le=65535)
+    address: str = "127.0.0.1"
+    basic_auth: str | None = Field(None, description="user:password")
+
+
+class Settings(BaseSettings):
+    """Everything synthpipe reads from its environment. Validated once, at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("synthpipe-data")
+    database_url: str | None = None
+    storage_url: str | None = None
+    broker_url: str | None = None
+    vl_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    edit_model: str = "timbrooks/instruct-pix2pix"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    jobs: JobSettings = JobSettings()
+    images: ImageSettings = ImageSettings()
+    pairing: PairingSettings = PairingSettings()
+    vl: VLSettings = VLSettings()
+    edit: EditSettings = EditSettings()
+    scrape: ScrapeSettings = ScrapeSettings()
+    celery: CelerySettings = CelerySettings()
+    flower: FlowerSettings = FlowerSettings()
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'synthpipe.db'}")
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", (data_dir / "objects").as_uri())
+        if self.celery.visibility_timeout_s <= self.celery.time_limit_s:
+            raise ValueError("celery.visibility_timeout_s must exceed celery.time_limit_s, or Redis "
+                             "redelivers a task that is still running")
+        if self.celery.soft_time_limit_s >= self.celery.time_limit_s:
+            raise ValueError("celery.soft_time_limit_s must be below celery.time_limit_s")
+        plus = "qwen-image-edit-plus"
+        if plus in (self.edit.backend, self.edit.backend_tryon) and self.pairing.max_garments > 2:
+            raise ValueError(f"edit backend {plus} takes at most 2 garment photos besides the person: "
+                             "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
+        if self.vl.min_pixels > self.vl.max_pixels:
+            raise ValueError("vl.min_pixels must not exceed vl.max_pixels")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        """Distributed mode (Celery on a broker) is on when a broker URL is set."""
+        return bool(self.broker_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get(TOML_FILE_ENV, "synthpipe.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def _key_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    env = ENV_PREFIX + "__".join(p.upper() for p in parts)
+    return f"{'.'.join(parts)} ({env})"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate settings; an invalid value raises ``ConfigError`` naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            elif err["type"] in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
+                msg = f"must be one of {err['ctx']['expected']}"
+            if not err["loc"]:  # a rule across several settings: its message names them
+                lines.append(msg.removeprefix("Value error, "))
+                continue
+            lines.append(f"{_key_name(tuple(err['loc']))}: {msg} (got {err.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (after the environment changed, e.g. in tests)."""
+    get_settings.cache_clear()
