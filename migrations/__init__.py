@@ -1,0 +1,1 @@
+"""Alembic revisions: the only way synthpipe's schema is made or changed."""
