@@ -1,0 +1,175 @@
+"""Running stages: claim → run → record, the same in local mode and in Celery workers.
+
+A stage registers one batch function, ``process_batch(jobs, ctx) -> list[Outcome]`` (one
+outcome per job, same order). This module owns everything around it: claiming, lease
+heartbeats, turning a crash of the whole batch into per-job outcomes, and recording.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from common import jobs as jobstore
+from common.db import Database
+from common.jobs import ClaimedJob, Outcome
+from common.models import STAGES, utcnow
+from common.progress import bar
+from common.settings import Settings
+from common.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Where each stage's batch function lives; imported on first use so that common/ never
+# imports a worker (or its heavy libraries) up front.
+STAGE_FUNCTIONS: dict[str, str] = {
+    "scrape": "worker_scrape.service:process_batch",
+    "vl": "worker_vl.service:process_batch",
+    "edit": "worker_edit.service:process_batch",
+}
+
+BatchFn = Callable[[list[ClaimedJob], "StageContext"], list[Outcome]]
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets besides its jobs."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    worker: str = field(default_factory=jobstore.default_worker_id)
+
+
+@dataclass
+class RunStats:
+    claimed: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    lost: int = 0  # outcomes not recorded because the claim no longer held the job
+
+    def add(self, status: str | None) -> None:
+        if status is None:
+            self.lost += 1
+        else:
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def merge(self, other: RunStats) -> None:
+        self.claimed += other.claimed
+        self.lost += other.lost
+        for k, v in other.by_status.items():
+            self.by_status[k] = self.by_status.get(k, 0) + v
+
+
+def stage_function(stage: str) -> BatchFn:
+    if stage not in STAGE_FUNCTIONS:
+        raise ValueError(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
+    module, _, name = STAGE_FUNCTIONS[stage].partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def batch_size_for(stage: str, settings: Settings) -> int:
+    return {"vl": settings.vl.batch_size, "edit": settings.edit.batch_size}.get(stage, 1)
+
+
+def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) -> RunStats:
+    """Run one claimed batch through its stage function and record every job's outcome."""
+    stats = RunStats(claimed=len(claimed))
+    if not claimed:
+        return stats
+    fn = stage_function(stage)
+    with _Heartbeat(ctx.db, list(claimed), ctx.settings.jobs.lease_s):
+        try:
+            outcomes = fn(list(claimed), ctx)
+            if len(outcomes) != len(claimed):
+                raise RuntimeError(f"{stage} returned {len(outcomes)} outcomes for {len(claimed)} jobs")
+        except Exception as exc:  # the batch as a whole broke: every job gets another attempt
+            log.exception("%s batch of %d failed as a whole", stage, len(claimed))
+            outcomes = [Outcome.from_error(exc) for _ in claimed]
+    for job, outcome in zip(claimed, outcomes, strict=True):
+        try:
+            stats.add(jobstore.record(ctx.db, job, outcome))
+        except Exception as exc:  # e.g. the output writer broke: record that instead
+            log.exception("recording job %s failed", job.id)
+            stats.add(jobstore.record(ctx.db, job, Outcome.from_error(exc)))
+    return stats
+
+
+def run_stage(
+    stage: str,
+    ctx: StageContext,
+    *,
+    batch_size: int | None = None,
+    max_jobs: int | None = None,
+    wait_for_backoff: bool = True,
+) -> RunStats:
+    """Process ``stage`` until nothing of it is queued (local mode)."""
+    size = batch_size or batch_size_for(stage, ctx.settings)
+    total = RunStats()
+    with bar(desc=stage, total=jobstore.pending(ctx.db, stage)) as pbar:
+        while max_jobs is None or total.claimed < max_jobs:
+            jobstore.requeue_expired(ctx.db, stage)
+            n = size if max_jobs is None else min(size, max_jobs - total.claimed)
+            claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker)
+            if not claimed:
+                if wait_for_backoff and _wait_for_backoff(ctx.db, stage):
+                    continue
+                break
+            stats = run_claimed(stage, claimed, ctx)
+            total.merge(stats)
+            pbar.total = total.claimed + jobstore.pending(ctx.db, stage)
+            pbar.update(len(claimed))
+            log.info("%s: batch of %d → %s", stage, len(claimed), stats.by_status)
+    return total
+
+
+def run_all(ctx: StageContext, stages: Sequence[str] = STAGES) -> dict[str, RunStats]:
+    """Process every stage in pipeline order until none has anything queued."""
+    out = {stage: RunStats() for stage in stages}
+    while True:
+        progressed = False
+        for stage in stages:
+            stats = run_stage(stage, ctx)
+            out[stage].merge(stats)
+            progressed |= stats.claimed > 0
+        if not progressed:
+            return out
+
+
+def _wait_for_backoff(db: Database, stage: str) -> bool:
+    """Sleep until the earliest backed-off job of ``stage`` may run; False if none waits."""
+    when = jobstore.next_not_before(db, stage)
+    if when is None:
+        return False
+    delay = (when - utcnow()).total_seconds()
+    if delay > 0:
+        log.info("%s: waiting %.1f s for a job in backoff", stage, delay)
+        time.sleep(delay + 0.05)
+    return True
+
+
+class _Heartbeat:
+    """Extends the claim's leases while a long batch runs, so only a dead runner loses them."""
+
+    def __init__(self, db: Database, claimed: list[ClaimedJob], lease_s: float) -> None:
+        self.db, self.claimed, self.lease_s = db, claimed, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                jobstore.extend_lease(self.db, self.claimed, self.lease_s)
+            except Exception:  # a missed beat only shortens the lease
+                log.warning("lease heartbeat failed", exc_info=True)
