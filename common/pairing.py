@@ -1,0 +1,150 @@
+"""Pairing: assets → item sets → queued ``vl`` jobs.
+
+- ``tryon``: one person photo and 1–3 garment photos, sampled reproducibly from a seed and
+  never the same set twice (a set's key is its person and sorted garment ids).
+- ``enrich``: for each character photo, N variations across background, lighting, art style
+  and camera angle that keep the character's identity.
+
+Every set gets keyword context drawn from the keyword file, recorded on the set. Pairing is
+idempotent: a set that exists is not made again, and its ``vl`` job is keyed by the set.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import jobs as jobstore
+from common.keywords import draw, draw_distinct, load_keywords
+from common.models import Asset, ItemSet, ItemSetAsset
+from common.settings import Settings
+
+GARMENT_COUNT_WEIGHTS = (0.6, 0.3, 0.1)  # 1, 2 or 3 garments per try-on set
+
+
+@dataclass
+class PairReport:
+    recipe: str
+    created: int = 0
+    existing: int = 0
+    jobs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "created": self.created, "existing": self.existing, "jobs": self.jobs}
+
+
+def create_item_set(
+    session: Session,
+    *,
+    recipe: str,
+    key: str,
+    members: Sequence[tuple[int, str]],
+    keywords: dict[str, str],
+    variation: dict[str, str] | None,
+    seed: int,
+) -> tuple[int, bool]:
+    """Make the set ``key`` (unless it exists) and queue its ``vl`` job; returns (id, created)."""
+    existing = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
+    if existing is not None:
+        return existing, False
+    item = ItemSet(key=key, recipe=recipe, keywords=keywords, variation=variation, seed=seed)
+    item.members = [ItemSetAsset(position=i, asset_id=a, role=r) for i, (a, r) in enumerate(members)]
+    with session.begin_nested():
+        session.add(item)
+        session.flush()
+    jobstore.enqueue(session, "vl", f"vl:{key}", {"item_set_id": item.id, "recipe": recipe},
+                     item_set_id=item.id)
+    return item.id, True
+
+
+def pair_tryon(session: Session, settings: Settings, *, limit: int | None, seed: int,
+               persons: Sequence[int] | None = None) -> PairReport:
+    """Up to ``limit`` new try-on sets (default: one per person photo)."""
+    report = PairReport("tryon")
+    person_ids = list(persons) if persons is not None else _ids(session, "person")
+    garment_ids = _ids(session, "garment")
+    if not person_ids or not garment_ids:
+        return report
+    limit = len(person_ids) if limit is None else limit
+    kw = load_keywords(settings.pairing.keywords_file)
+    # The seed fixes an ordered stream of distinct sets; --limit takes its first N. Sets that
+    # exist already count toward N but are not made again, so the same command twice adds nothing.
+    rng = random.Random(seed)
+    max_k = min(settings.pairing.max_garments, len(garment_ids))
+    seen: set[str] = set()
+    tries = 0
+    while len(seen) < limit and tries < 50 * max(limit, 1):
+        tries += 1
+        person = person_ids[(tries - 1) % len(person_ids)] if persons is not None else rng.choice(person_ids)
+        k = rng.choices(range(1, max_k + 1), weights=GARMENT_COUNT_WEIGHTS[:max_k])[0]
+        garments = sorted(rng.sample(garment_ids, k))
+        key = f"tryon:p{person}:g{'-'.join(map(str, garments))}"
+        if key in seen:
+            continue
+        seen.add(key)
+        set_seed = rng.getrandbits(31)
+        members = [(person, "person")] + [(g, "garment") for g in garments]
+        _, created = create_item_set(session, recipe="tryon", key=key, members=members,
+                                     keywords=draw(kw.context, random.Random(set_seed)),
+                                     variation=None, seed=set_seed)
+        report.created += created
+        report.existing += not created
+        report.jobs += created
+    return report
+
+
+def pair_enrich(session: Session, settings: Settings, *, limit: int | None, seed: int,
+                characters: Sequence[int] | None = None) -> PairReport:
+    """N variations per character photo (N = ``pairing.enrich_variations``), up to ``limit`` sets."""
+    report = PairReport("enrich")
+    kw = load_keywords(settings.pairing.keywords_file)
+    n = settings.pairing.enrich_variations
+    for character in (list(characters) if characters is not None else _ids(session, "character")):
+        rng = random.Random(f"{seed}:{character}")
+        for i, variation in enumerate(draw_distinct(kw.enrich, n, rng)):
+            if limit is not None and report.created >= limit:
+                return report
+            set_seed = rng.getrandbits(31)
+            _, created = create_item_set(
+                session, recipe="enrich", key=f"enrich:c{character}:v{i}",
+                members=[(character, "character")], keywords=draw(kw.context, random.Random(set_seed)),
+                variation=variation, seed=set_seed,
+            )
+            report.created += created
+            report.existing += not created
+            report.jobs += created
+    return report
+
+
+def pair(session: Session, settings: Settings, recipe: str, *, limit: int | None = None, seed: int = 0) -> PairReport:
+    if recipe == "tryon":
+        return pair_tryon(session, settings, limit=limit, seed=seed)
+    if recipe == "enrich":
+        return pair_enrich(session, settings, limit=limit, seed=seed)
+    raise ValueError(f"unknown recipe {recipe!r} (allowed: tryon, enrich)")
+
+
+def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[int], *, seed: int) -> list[PairReport]:
+    """Feed pairing from newly stored assets (the crawler calls this): every new person photo gets a
+    try-on set, every new character photo its variations."""
+    roles = {a: r for a, r in session.execute(select(Asset.id, Asset.role).where(Asset.id.in_(list(asset_ids))))}
+    persons = [a for a in asset_ids if roles.get(a) == "person"]
+    garments = [a for a in asset_ids if roles.get(a) == "garment"]
+    characters = [a for a in asset_ids if roles.get(a) == "character"]
+    reports = []
+    if persons:
+        reports.append(pair_tryon(session, settings, limit=len(persons), seed=seed, persons=persons))
+    if garments:  # new garments join sets with photos already stored
+        reports.append(pair_tryon(session, settings, limit=len(garments), seed=seed + 1))
+    if characters:
+        reports.append(pair_enrich(session, settings, limit=None, seed=seed, characters=characters))
+    return reports
+
+
+def _ids(session: Session, role: str) -> list[int]:
+    return list(session.scalars(select(Asset.id).where(Asset.role == role).order_by(Asset.id)))

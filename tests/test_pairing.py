@@ -1,0 +1,148 @@
+"""Pairing: reproducible try-on sets, enrich variations, keyword context, idempotent vl jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from common import samples
+from common.models import Asset, ItemSet, Job
+
+
+def _ingest(folder: Path, role: str) -> None:
+    from common.db import get_database
+    from common.ingest import ingest
+    from common.settings import get_settings
+    from common.storage import get_storage
+
+    report = ingest(folder, role, db=get_database(), storage=get_storage(), settings=get_settings())
+    assert not report.rejected
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    folders = samples.write_samples(tmp_path / "photos", persons=4, garments=6, characters=5, seed=3)
+    for role, folder in folders.items():
+        _ingest(folder, role)
+    return folders
+
+
+def _pair(recipe: str, **kw):  # type: ignore[no-untyped-def]
+    from common.db import get_database
+    from common.pairing import pair
+    from common.settings import get_settings
+
+    with get_database().session() as s:
+        return pair(s, get_settings(), recipe, **kw)
+
+
+def _sets(recipe: str) -> list[ItemSet]:
+    from common.db import get_database
+
+    with get_database().session() as s:
+        sets = s.scalars(select(ItemSet).where(ItemSet.recipe == recipe).order_by(ItemSet.id)).all()
+        for item in sets:
+            for m in item.members:
+                _ = m.asset.role
+        return list(sets)
+
+
+def test_tryon_sets_are_valid_distinct_and_reproducible(photos: dict[str, Path]) -> None:
+    report = _pair("tryon", limit=10, seed=7)
+    assert report.created == 10 and report.jobs == 10
+    sets = _sets("tryon")
+    keys = [s.key for s in sets]
+    assert len(set(keys)) == len(keys)
+    for item in sets:
+        roles = [m.role for m in item.members]
+        assert roles[0] == "person" and 1 <= roles.count("garment") <= 3 and len(roles) == 1 + roles.count("garment")
+        assert all(m.asset.role == r for m, r in zip(item.members, roles, strict=True))
+        assert set(item.keywords) == {"occasion", "season", "setting", "lighting", "style"}
+    assert _pair("tryon", limit=10, seed=7).created == 0  # pairing twice adds nothing
+    other = _pair("tryon", limit=5, seed=8)  # another seed: a new stream, overlaps counted
+    assert other.created + other.existing == 5 and other.created >= 1
+    assert len({s.key for s in _sets("tryon")}) == 10 + other.created
+
+
+def test_same_seed_same_sets_across_databases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.db import reset_databases
+    from common.settings import reset_settings
+
+    runs = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("SYNTHPIPE_DATA_DIR", str(tmp_path / name))
+        reset_settings()
+        reset_databases()
+        folders = samples.write_samples(tmp_path / f"photos-{name}", persons=3, garments=5, seed=1)
+        for role, folder in folders.items():
+            _ingest(folder, role)
+        _pair("tryon", limit=6, seed=42)
+        runs.append([(s.key, s.keywords, s.seed) for s in _sets("tryon")])
+    assert runs[0] == runs[1]
+
+
+def test_enrich_makes_n_variations_per_character(photos: dict[str, Path]) -> None:
+    report = _pair("enrich", seed=1)
+    assert report.created == 25 and report.jobs == 25  # 5 photos x 5 variations
+    sets = _sets("enrich")
+    by_char: dict[int, list[ItemSet]] = {}
+    for item in sets:
+        assert [m.role for m in item.members] == ["character"]
+        assert set(item.variation or {}) == {"background", "lighting", "art_style", "camera_angle"}
+        by_char.setdefault(item.members[0].asset_id, []).append(item)
+    assert len(by_char) == 5
+    for variations in by_char.values():
+        combos = {json.dumps(v.variation, sort_keys=True) for v in variations}
+        assert len(combos) == 5, "variations of one character must differ"
+    assert _pair("enrich", seed=1).created == 0
+
+
+def test_each_set_queues_exactly_one_vl_job(photos: dict[str, Path]) -> None:
+    from common.db import get_database
+
+    _pair("tryon", limit=4, seed=2)
+    _pair("enrich", seed=2)
+    _pair("enrich", seed=2)
+    with get_database().session() as s:
+        jobs = s.scalars(select(Job).where(Job.stage == "vl")).all()
+        n_sets = len(s.scalars(select(ItemSet)).all())
+        assert len(jobs) == n_sets == 4 + 25
+        assert {j.item_set_id for j in jobs} == set(s.scalars(select(ItemSet.id)))
+        assert all(j.status == "queued" and j.payload["item_set_id"] == j.item_set_id for j in jobs)
+        assert s.scalar(select(Asset.id).where(Asset.role == "garment")) is not None
+
+
+def test_custom_keyword_file_is_used_and_validated(photos: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.errors import ConfigError
+    from common.keywords import load_keywords
+    from common.settings import reset_settings
+
+    kw = tmp_path / "kw.yaml"
+    kw.write_text("context:\n  occasion: [gala]\n  mood: [calm]\nenrich:\n  background: [moon]\n")
+    monkeypatch.setenv("SYNTHPIPE_PAIRING__KEYWORDS_FILE", str(kw))
+    reset_settings()
+    _pair("tryon", limit=2, seed=0)
+    assert all(s.keywords == {"occasion": "gala", "mood": "calm"} for s in _sets("tryon"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("context:\n  occasion: [gala]\nenrich:\n  background: [moon]\nextra: 1\n")
+    load_keywords.cache_clear()
+    with pytest.raises(ConfigError, match="extra"):
+        load_keywords(bad)
+
+
+def test_pair_cli_json(photos: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "common.cli", "pair", "--recipe", "tryon", "--limit", "3",
+                          "--seed", "5", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"recipe": "tryon", "created": 3, "existing": 0, "jobs": 3}
+    bad = subprocess.run([sys.executable, "-m", "common.cli", "pair", "--recipe", "tryon", "--limit", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "positive" in bad.stderr
+
