@@ -1,0 +1,48 @@
+"""Types shared by every VL backend: the item in, the output back, the protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass
+class VLItem:
+    """One request: images (RGB, through the safe loader) and a prompt."""
+
+    key: str  # job idempotency key (for logs)
+    images: list[Image.Image]
+    system_prompt: str
+    user_prompt: str  # text; images are placed before it in one user message
+    json_schema: dict[str, Any] | None = None  # constrain decoding to this schema when set
+
+
+@dataclass
+class VLOutput:
+    """The answer to one :class:`VLItem`; ``error`` is set instead of raising."""
+
+    raw_text: str
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # this item's share of the batch wall time
+    error_type: str | None = None  # class name of the error (InputError, ModelOutputError, ...)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a VL stage needs from a model backend."""
+
+    name: str
+
+    def load(self) -> None:
+        """Load weights once; calling again does nothing."""
+
+    def run_batch(self, items: list[VLItem]) -> list[VLOutput]:
+        """One output per item, in the same order; one bad item never fails the batch."""
+
+    def unload(self) -> None:
+        """Free the model (and GPU memory)."""

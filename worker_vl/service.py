@@ -1,0 +1,165 @@
+"""The VL stage: item set → images + prompt → one constrained ``generate`` per batch → analysis.
+
+``process_batch`` is the stage function the local runner and the Celery worker both call.
+The model is loaded once per process and stays resident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from common import jobs as jobstore
+from common.errors import InputError, ModelOutputError, TransientError
+from common.itemsets import ItemSetView, load_member_images, read_item_set
+from common.jobs import ClaimedJob, Outcome
+from common.models import Analysis
+from common.resident import ResidentModels
+from common.runner import StageContext
+from common.schemas import (
+    FEASIBILITY_RANK,
+    SCHEMA_VERSION,
+    EditCore,
+    analysis_json_schema,
+    analysis_model,
+)
+from common.settings import Settings
+from worker_vl.backends import get_backend
+from worker_vl.backends.base import VLItem, VLOutput
+from worker_vl.prompting import render_for
+
+log = logging.getLogger(__name__)
+
+RESIDENT = ResidentModels("vl")
+
+
+def backend_options(settings: Settings) -> dict[str, Any]:
+    """Everything that selects and configures the VL model; recorded on every analysis."""
+    vl = settings.vl
+    return {
+        "model": settings.vl_model, "device": vl.device, "dtype": vl.dtype,
+        "quantization": None if vl.quantization == "none" else vl.quantization,
+        "min_pixels": vl.min_pixels, "max_pixels": vl.max_pixels, "max_new_tokens": vl.max_new_tokens,
+        "temperature": vl.temperature, "top_p": vl.top_p,
+    }
+
+
+def resident_backend(settings: Settings):  # -> Backend
+    """The process's loaded backend for these settings (loaded on first use, then kept)."""
+    opts = backend_options(settings)
+    key = (settings.vl.backend, *sorted(opts.items()))
+    return RESIDENT.get(key, lambda: get_backend(settings.vl.backend, **opts),
+                        label=f"{settings.vl.backend} {settings.vl_model}")
+
+
+@dataclass
+class _Prepared:
+    job: ClaimedJob
+    item_set: ItemSetView
+    item: VLItem
+
+
+def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
+    """Analyse each job's item set; one outcome per job, in order."""
+    settings = ctx.settings
+    outcomes: dict[int, Outcome] = {}
+    prepared: list[_Prepared] = []
+    for job in jobs:
+        try:
+            prepared.append(_prepare(job, ctx))
+        except Exception as exc:  # this job alone: input errors fail it, anything else is retried
+            log.warning("%s job %s could not be prepared: %s", "vl", job.key, exc)
+            outcomes[job.id] = Outcome.from_error(exc)
+    if prepared:
+        backend = resident_backend(settings)
+        started = time.perf_counter()
+        outputs = backend.run_batch([p.item for p in prepared])
+        batch_s = time.perf_counter() - started
+        for p, out in zip(prepared, outputs, strict=True):
+            outcomes[p.job.id] = _finish(p, out, settings, batch_s=batch_s, batch_size=len(prepared))
+    return [outcomes[j.id] for j in jobs]
+
+
+def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
+    item_set_id = job.payload.get("item_set_id") or job.item_set_id
+    if item_set_id is None:
+        raise InputError(f"vl job {job.key} names no item set")
+    with ctx.db.session() as s:
+        view = read_item_set(s, int(item_set_id))
+    images = load_member_images(ctx.storage, view.members, ctx.settings.images)
+    system, user = render_for(view.recipe, ctx.settings.vl.prompt_version, keywords=view.keywords,
+                              variation=view.variation, n_images=len(images))
+    item = VLItem(key=job.key, images=images, system_prompt=system, user_prompt=user,
+                  json_schema=analysis_json_schema(view.recipe))
+    return _Prepared(job, view, item)
+
+
+def parse_analysis(recipe: str, raw: str) -> EditCore:
+    """Validate model text against the recipe's schema, or raise ``ModelOutputError`` keeping it."""
+    try:
+        return analysis_model(recipe).model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ModelOutputError(f"output is not JSON: {exc}", raw=raw) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "(root)"
+        raise ModelOutputError(f"output does not match the {recipe} schema at {where}: {first['msg']}",
+                               raw=raw) from None
+
+
+def gate(analysis: EditCore, settings: Settings) -> str | None:
+    """Why an analysis should not be edited, or None when it passes the thresholds."""
+    vl = settings.vl
+    if FEASIBILITY_RANK[analysis.feasibility] < FEASIBILITY_RANK[vl.min_feasibility]:
+        return f"feasibility {analysis.feasibility} below {vl.min_feasibility}"
+    if analysis.confidence < vl.min_confidence:
+        return f"confidence {analysis.confidence:.2f} below {vl.min_confidence:.2f}"
+    return None
+
+
+def _finish(p: _Prepared, out: VLOutput, settings: Settings, *, batch_s: float, batch_size: int) -> Outcome:
+    if out.error is not None:
+        if out.error_type == "InputError":
+            return Outcome.from_error(InputError(out.error))
+        if out.error_type == "ModelOutputError":
+            return Outcome.from_error(ModelOutputError(out.error, raw=out.raw_text))
+        return Outcome.from_error(TransientError(out.error))
+    try:
+        analysis = parse_analysis(p.item_set.recipe, out.raw_text)
+    except ModelOutputError as exc:
+        return Outcome.from_error(exc)
+    timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size,
+               "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
+    reason = gate(analysis, settings)
+    write = _writer(p, out.raw_text, analysis, timings, settings, enqueue_edit=reason is None)
+    result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings}
+    return Outcome.skip(reason, result, write=write) if reason else Outcome.ok(result, write=write)
+
+
+def _writer(p: _Prepared, raw: str, analysis: EditCore, timings: dict[str, Any], settings: Settings,
+            *, enqueue_edit: bool):  # -> Writer
+    params = {**backend_options(settings), "schema_version": SCHEMA_VERSION}
+
+    def write(session: Session, job: ClaimedJob) -> None:
+        row = Analysis(
+            job_id=job.id, item_set_id=p.item_set.id, recipe=p.item_set.recipe,
+            schema_version=SCHEMA_VERSION, prompt_version=settings.vl.prompt_version,
+            backend=settings.vl.backend, model_id=settings.vl_model, params=params, raw_text=raw,
+            data=analysis.model_dump(mode="json"), edit_prompt=analysis.edit_prompt,
+            negative_prompt=analysis.negative_prompt, confidence=analysis.confidence,
+            feasibility=analysis.feasibility, timings=timings,
+        )
+        session.add(row)
+        session.flush()
+        if enqueue_edit:
+            jobstore.enqueue(session, "edit", f"edit:{p.item_set.key}",
+                             {"analysis_id": row.id, "item_set_id": p.item_set.id, "recipe": p.item_set.recipe},
+                             item_set_id=p.item_set.id, parent_id=job.id)
+
+    return write

@@ -1,0 +1,117 @@
+"""A tiny random-weight Qwen2.5-VL checkpoint, built offline for tests and smoke runs.
+
+The checkpoint has the real architecture (vision tower with window attention, merger,
+M-RoPE text decoder) at toy sizes, the offline tokenizer from :mod:`common.tinytok`, and
+an image processor config, so it loads with ``QwenVLBackend(model=str(path))`` exactly as
+a hub checkpoint would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TINY_SEED = 1234
+#: Image bounds of the tiny checkpoint (in pixels): 4x4 to 16x16 patches of 14 px.
+TINY_MIN_PIXELS = 56 * 56
+TINY_MAX_PIXELS = 224 * 224
+
+
+def build_tiny_vl(out_dir: str | Path) -> Path:
+    """Write a tiny random Qwen2.5-VL checkpoint to ``out_dir`` and return that path.
+
+    Weights are drawn with a fixed seed, so two builds give the same model.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from common.tinytok import QWEN_VL_CHAT_TEMPLATE, build_qwen_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen_tokenizer(out)
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in (
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+        )
+    }
+    # Round the vocabulary up, as real checkpoints pad their embedding matrices.
+    vocab_size = ((len(tokenizer) + 63) // 64) * 64
+
+    hidden, heads = 64, 4
+    head_dim = hidden // heads  # 16 -> mrope_section must sum to 8
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1_000_000.0,
+                "mrope_section": [2, 3, 3],
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": hidden,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    text_config: Any = config.text_config
+    assert sum(text_config.rope_parameters["mrope_section"]) == head_dim // 2
+
+    torch.manual_seed(TINY_SEED)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    )
+    model.save_pretrained(str(out))
+
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=TINY_MIN_PIXELS,
+        max_pixels=TINY_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    image_processor.save_pretrained(str(out))
+    # The processor-level files that hub checkpoints carry, written without building a
+    # processor object (the full Qwen2.5-VL processor needs torchvision for video).
+    (out / "chat_template.json").write_text(
+        json.dumps({"chat_template": QWEN_VL_CHAT_TEMPLATE}, indent=2), encoding="utf-8"
+    )
+    logger.info("built tiny Qwen2.5-VL checkpoint at %s", out)
+    return out
