@@ -1,0 +1,142 @@
+"""The edit stage: analysis → edit model → stored image with its parameters and seed.
+
+``process_batch`` is the stage function the local runner and the Celery worker both call.
+The backend is chosen per recipe (``edit.backend_tryon`` / ``edit.backend_enrich``), loaded
+once per process and kept resident. A job's seed comes from its key, so the same job gives the
+same image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from common.errors import InputError, ModelOutputError, SynthpipeError, TransientError
+from common.itemsets import ItemSetView, load_member_images, read_item_set
+from common.jobs import ClaimedJob, Outcome
+from common.models import Analysis, Edit
+from common.resident import ResidentModels
+from common.runner import StageContext
+from common.settings import Settings
+from worker_edit.backends import get_backend
+from worker_edit.backends.base import ERROR_BLACK, ERROR_NAN, EditItem, EditOutput
+
+log = logging.getLogger(__name__)
+
+RESIDENT = ResidentModels("edit", exclusive=False)  # a try-on and an enrich editor may both be held
+MULTI_IMAGE_BACKENDS = {"qwen-image-edit-plus"}
+
+
+def seed_for(key: str) -> int:
+    """A stable 53-bit seed from a job key (exact in JSON, valid for torch)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 11
+
+
+def backend_for(recipe: str, settings: Settings) -> str:
+    edit = settings.edit
+    chosen = {"tryon": edit.backend_tryon, "enrich": edit.backend_enrich}.get(recipe)
+    return chosen or edit.backend
+
+
+def backend_options(name: str, settings: Settings) -> dict[str, Any]:
+    """Everything that configures backend ``name``; recorded on every edit."""
+    e = settings.edit
+    opts: dict[str, Any] = {"steps": e.steps, "guidance_scale": e.guidance_scale, "max_side": e.max_side,
+                            "device": e.device, "dtype": e.dtype, "max_batch": e.batch_size}
+    if name in MULTI_IMAGE_BACKENDS:
+        opts.update(model=e.plus_model, steps=e.plus_steps, guidance_scale=e.plus_guidance_scale)
+    else:
+        opts.update(model=settings.edit_model, image_guidance_scale=e.image_guidance_scale,
+                    scheduler=e.scheduler)
+    return opts
+
+
+def resident_backend(name: str, settings: Settings):  # -> EditBackend
+    opts = backend_options(name, settings)
+    return RESIDENT.get((name, *sorted(opts.items())), lambda: get_backend(name, **opts),
+                        label=f"{name} {opts['model']}")
+
+
+@dataclass
+class _Prepared:
+    job: ClaimedJob
+    item_set: ItemSetView
+    analysis_id: int
+    backend: str
+    item: EditItem
+
+
+def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
+    """Edit each job's photo as its analysis says; one outcome per job, in order."""
+    outcomes: dict[int, Outcome] = {}
+    groups: dict[str, list[_Prepared]] = {}
+    for job in jobs:
+        try:
+            p = _prepare(job, ctx)
+            groups.setdefault(p.backend, []).append(p)
+        except Exception as exc:  # this job alone: input errors fail it, anything else is retried
+            log.warning("%s job %s could not be prepared: %s", "edit", job.key, exc)
+            outcomes[job.id] = Outcome.from_error(exc)
+    for name, prepared in groups.items():
+        backend = resident_backend(name, ctx.settings)
+        started = time.perf_counter()
+        outputs = backend.run_batch([p.item for p in prepared])
+        batch_s = time.perf_counter() - started
+        params = backend.params()
+        for p, out in zip(prepared, outputs, strict=True):
+            outcomes[p.job.id] = _finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(prepared))
+    return [outcomes[j.id] for j in jobs]
+
+
+def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
+    analysis_id = job.payload.get("analysis_id")
+    if analysis_id is None:
+        raise InputError(f"edit job {job.key} names no analysis")
+    with ctx.db.session() as s:
+        analysis = s.get(Analysis, int(analysis_id))
+        if analysis is None:
+            raise InputError(f"edit job {job.key}: analysis {analysis_id} does not exist")
+        view = read_item_set(s, analysis.item_set_id)
+        prompt, negative = analysis.edit_prompt, analysis.negative_prompt
+    name = backend_for(view.recipe, ctx.settings)
+    members = view.members if name in MULTI_IMAGE_BACKENDS else view.members[:1]
+    images = load_member_images(ctx.storage, members, ctx.settings.images)
+    item = EditItem(key=job.key, image=images[0], garments=images[1:], prompt=prompt,
+                    negative_prompt=negative or ctx.settings.edit.negative_prompt, seed=seed_for(job.key))
+    return _Prepared(job, view, int(analysis_id), name, item)
+
+
+def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageContext, *,
+            batch_s: float, batch_size: int) -> Outcome:
+    if out.error is not None or out.image is None:
+        return Outcome.from_error(_error_for(p.job.key, out.error))
+    buf = io.BytesIO()
+    out.image.save(buf, format="PNG")
+    stored = ctx.storage.put(buf.getvalue(), "png")
+    timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size}
+    width, height = out.image.size
+
+    def write(session: Session, job: ClaimedJob) -> None:
+        session.add(Edit(
+            job_id=job.id, analysis_id=p.analysis_id, item_set_id=p.item_set.id, backend=p.backend,
+            model_id=str(params.get("model", "")), params=params, seed=p.item.seed, output_uri=stored.uri,
+            output_sha256=stored.sha256, width=width, height=height, timings=timings,
+        ))
+
+    result = {"output_uri": stored.uri, "seed": p.item.seed, "width": width, "height": height, **timings}
+    return Outcome.ok(result, write=write)
+
+
+def _error_for(key: str, error: str | None) -> SynthpipeError:
+    """Bad output is final (the same seed gives it again); bad input too; anything else may pass."""
+    if error is None or error in (ERROR_NAN, ERROR_BLACK):
+        return ModelOutputError(error or "no image returned")
+    if error.startswith(f"item {key}:"):
+        return InputError(error)
+    return TransientError(error)

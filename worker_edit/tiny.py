@@ -1,0 +1,294 @@
+"""Tiny random edit checkpoints, built offline in seconds, for tests and smoke runs.
+
+``build_tiny_instruct_pix2pix(out_dir)`` writes an InstructPix2Pix pipeline (the component
+shapes of diffusers' own fast tests); ``build_tiny_qwen_image_edit_plus(out_dir)`` writes a
+Qwen-Image-Edit Plus pipeline laid out like the released checkpoint (``processor/`` holds the
+image processor config and the tokenizer). Weights are random with a fixed seed, so the
+outputs are noise-like but deterministic. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: File in a checkpoint with defaults the backends read for settings left unset.
+HINTS_FILE = "synthpipe.json"  # same name as worker_edit.backends.qwen_image_edit.HINTS_FILE
+
+_CLIP_CORPUS = (
+    "make it snowy turn the sky red put a hat on the person replace the jacket with a coat "
+    "make the shirt blue add sunglasses change the dress to green a photo of a woman wearing "
+    "a long grey wool coat the man wears a denim jacket and white shirt keep the face and pose"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table of GPT-2/CLIP byte-level BPE."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
+    """Greedy BPE merges (CLIP style, ``</w>`` ends a word); deterministic tie-breaking."""
+    table = _bytes_to_unicode()
+    seqs: Counter[tuple[str, ...]] = Counter()
+    for word in words:
+        chars = [table[b] for b in word.encode("utf-8")]
+        seqs[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
+    merges: list[tuple[str, str]] = []
+    for _ in range(count):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for seq, n in seqs.items():
+            for pair in zip(seq, seq[1:], strict=False):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best, freq = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        if freq < 2:
+            break
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for seq, n in seqs.items():
+            out: list[str] = []
+            i = 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(seq[i] + seq[i + 1])
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            merged[tuple(out)] += n
+        seqs = merged
+    return merges
+
+
+def write_clip_tokenizer_files(out_dir: str | Path, merges_count: int = 64) -> Path:
+    """Write a small CLIP BPE tokenizer as ``vocab.json`` + ``merges.txt`` into ``out_dir``.
+
+    Ids: ``<|startoftext|>`` 0, ``<|endoftext|>`` 1 (also padding and unknown), then the 512
+    byte symbols (plain and word-final), then one token per merge.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(token, len(vocab))
+    merges = _learn_merges(_CLIP_CORPUS.split(), merges_count)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def build_tiny_instruct_pix2pix(out_dir: str | Path) -> Path:
+    """Write a tiny random InstructPix2Pix pipeline to ``out_dir``; return the directory.
+
+    UNet with 8 input channels (4 noise + 4 image latents) and cross-attention width 32, a
+    4-level VAE (downsampling 8x, like Stable Diffusion's), a 2-layer CLIP text encoder, an
+    Euler ancestral scheduler and no safety checker. Loads back with
+    ``StableDiffusionInstructPix2PixPipeline.from_pretrained(out_dir)``.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_src = write_clip_tokenizer_files(out / "_clip_tokenizer_src")
+    # model_max_length must be set: without it the pipeline pads prompts to ~1e30 tokens.
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_src), model_max_length=77)
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)  # type: ignore[attr-defined]
+    for path in tok_src.iterdir():
+        path.unlink()
+    tok_src.rmdir()
+    logger.info("tiny InstructPix2Pix written to %s", out)
+    return out
+
+
+def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
+    """Write a tiny random Qwen-Image-Edit Plus pipeline to ``out_dir``; return the directory.
+
+    Components follow diffusers' fast tests (2-layer transformer, z_dim 4 VAE, a Qwen2.5-VL
+    text encoder with 16-wide text and vision towers) with the offline tokenizer of
+    ``common.tinytok``. The layout matches the released checkpoint: ``model_index.json``
+    names ``transformers.Qwen2VLProcessor`` and ``processor/`` holds the image processor
+    config plus the tokenizer, so ``QwenImageEditPlusBackend`` loads it like the real model.
+    ``synthpipe.json`` records small reference-image areas, which the backend uses unless
+    told otherwise (at the pipeline's native 1024x1024 the tiny VAE alone takes ~40 s on CPU).
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from common.tinytok import build_qwen_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen_tokenizer(None)
+    token_ids = tokenizer.convert_tokens_to_ids(
+        ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    )
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+    torch.manual_seed(0)
+    z_dim = 4
+    vae = AutoencoderKLQwenImage(
+        base_dim=z_dim * 6,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    )
+    torch.manual_seed(0)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": None,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        vision_start_token_id=token_ids[0],
+        vision_end_token_id=token_ids[1],
+        image_token_id=token_ids[2],
+        video_token_id=token_ids[3],
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    pipe = QwenImageEditPlusPipeline(
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=None,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)  # type: ignore[attr-defined]
+
+    # processor/: image processor config + tokenizer, as in the released checkpoint. Small
+    # pixel bounds keep the vision sequence short (at most 16 merged tokens per image).
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    image_processor.save_pretrained(str(out / "processor"))
+    tokenizer.save_pretrained(str(out / "processor"))
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    hints = {"qwen-image-edit-plus": {"vae_image_area": 128 * 128, "condition_image_area": 112 * 112}}
+    (out / HINTS_FILE).write_text(json.dumps(hints, indent=2) + "\n")
+    logger.info("tiny Qwen-Image-Edit Plus written to %s", out)
+    return out
+
+
+__all__ = [
+    "HINTS_FILE",
+    "build_tiny_instruct_pix2pix",
+    "build_tiny_qwen_image_edit_plus",
+    "write_clip_tokenizer_files",
+]
