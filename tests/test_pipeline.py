@@ -1,0 +1,191 @@
+"""The whole local pipeline on tiny models: ingest → pair → VL → edit → export, both recipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import use_tiny_models
+from PIL import Image
+from sqlalchemy import select
+
+from common import samples
+from common.models import Edit, Job
+
+EXPECTED_COLUMNS = {"input_image", "edit_prompt", "edited_image", "garment_images", "analysis", "confidence",
+                    "feasibility", "source_urls", "sites", "categories", "vl_model", "edit_model", "seed",
+                    "edit_params", "recipe"}
+
+
+def _ctx():  # type: ignore[no-untyped-def]
+    from common.db import get_database
+    from common.runner import StageContext
+    from common.settings import get_settings
+    from common.storage import get_storage
+
+    return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
+
+
+def _ingest_and_pair(tmp: Path, *, persons: int, garments: int, characters: int, tryon: int) -> None:
+    from common.ingest import ingest
+    from common.pairing import pair
+
+    ctx = _ctx()
+    for role, folder in samples.write_samples(tmp / "photos", persons=persons, garments=garments,
+                                              characters=characters, seed=5).items():
+        assert not ingest(folder, role, db=ctx.db, storage=ctx.storage, settings=ctx.settings).rejected
+    with ctx.db.session() as s:
+        if tryon:
+            pair(s, ctx.settings, "tryon", limit=tryon, seed=1)
+        if characters:
+            pair(s, ctx.settings, "enrich", seed=1)
+
+
+@pytest.fixture
+def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    use_tiny_models(monkeypatch, tiny_models)
+    return tiny_models
+
+
+def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import datasets
+
+    from common.export import export
+    from common.runner import run_all
+
+    _ingest_and_pair(tmp_path, persons=2, garments=3, characters=5, tryon=2)
+    ctx = _ctx()
+    results = run_all(ctx)
+    assert results["vl"].by_status == {"succeeded": 27}
+    assert results["edit"].by_status == {"succeeded": 27}
+    with ctx.db.session() as s:
+        edits = s.scalars(select(Edit)).all()
+        enrich = [e for e in edits if e.item_set_id and s.get(Job, e.job_id).payload["recipe"] == "enrich"]
+        assert len(enrich) == 25
+        for e in edits:
+            assert e.backend == "instruct-pix2pix" and e.params["steps"] == 2 and e.seed > 0
+            assert e.model_id == str(tiny["edit"]) and e.timings["seconds"] >= 0
+            assert ctx.storage.exists(e.output_uri)
+
+    out = tmp_path / "dataset"
+    report = export(ctx.db, ctx.storage, out)
+    assert report.rows == 27
+    ds = datasets.load_dataset(str(out), split="train")
+    assert set(ds.column_names) >= EXPECTED_COLUMNS
+    row = ds[0]
+    assert isinstance(row["input_image"], Image.Image) and isinstance(row["edited_image"], Image.Image)
+    assert row["edit_prompt"] and json.loads(row["analysis"])["edit_prompt"] == row["edit_prompt"]
+    recipes = [r for r in ds["recipe"]]
+    assert recipes.count("enrich") == 25 and recipes.count("tryon") == 2
+    tryon_rows = [r for r in ds if r["recipe"] == "tryon"]
+    assert all(1 <= len(r["garment_images"]) <= 3 for r in tryon_rows)
+
+    parquet = tmp_path / "parquet"
+    export(ctx.db, ctx.storage, parquet, fmt="parquet")
+    pq = datasets.load_dataset("parquet", data_dir=str(parquet), split="train")
+    assert pq.num_rows == 27 and isinstance(pq[0]["edited_image"], Image.Image)
+    assert pq[0]["edited_image"].tobytes() == ds[0]["edited_image"].tobytes()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["jobs"]["edit"]["succeeded"] == 27
+    assert summary["acceptance"]["by_recipe"]["enrich"]["edited"] == 25
+    assert summary["exported_rows"] == 27
+
+    filtered = export(ctx.db, ctx.storage, tmp_path / "strict", min_confidence=1.0)
+    assert filtered.rows + filtered.filtered == 27
+
+
+def test_same_job_and_seed_give_the_same_image(tiny: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.db import reset_databases
+    from common.runner import run_all
+    from common.settings import reset_settings
+
+    outputs = []
+    for name in ("first", "second"):
+        monkeypatch.setenv("SYNTHPIPE_DATA_DIR", str(tmp_path / name))
+        reset_settings()
+        reset_databases()
+        _ingest_and_pair(tmp_path / name, persons=2, garments=2, characters=0, tryon=2)
+        run_all(_ctx())
+        with _ctx().db.session() as s:
+            outputs.append({s.get(Job, e.job_id).key: (e.seed, e.output_sha256) for e in s.scalars(select(Edit))})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 2
+    assert len({sha for _, sha in outputs[0].values()}) == 2
+
+
+def test_multi_image_editor_for_tryon_by_setting(tiny: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.runner import run_all
+    from common.settings import reset_settings
+
+    monkeypatch.setenv("SYNTHPIPE_EDIT__BACKEND_TRYON", "qwen-image-edit-plus")
+    monkeypatch.setenv("SYNTHPIPE_PAIRING__MAX_GARMENTS", "2")
+    monkeypatch.setenv("SYNTHPIPE_PAIRING__ENRICH_VARIATIONS", "1")
+    reset_settings()
+    _ingest_and_pair(tmp_path, persons=1, garments=2, characters=1, tryon=1)
+    results = run_all(_ctx())
+    assert results["edit"].by_status == {"succeeded": 2}
+    with _ctx().db.session() as s:
+        by_recipe = {s.get(Job, e.job_id).payload["recipe"]: e for e in s.scalars(select(Edit))}
+    assert by_recipe["tryon"].backend == "qwen-image-edit-plus"
+    assert by_recipe["tryon"].model_id == str(tiny["edit-plus"])
+    assert by_recipe["enrich"].backend == "instruct-pix2pix"
+
+
+def test_contact_sheet_renders_in_headless_chromium(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from common.export import export
+    from common.runner import run_all
+
+    _ingest_and_pair(tmp_path, persons=2, garments=2, characters=0, tryon=2)
+    ctx = _ctx()
+    run_all(ctx)
+    report = export(ctx.db, ctx.storage, tmp_path / "out")
+    shot = tmp_path / "sheet.png"
+    subprocess.run(
+        ["/usr/bin/chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,700", f"--screenshot={shot}",
+         report.contact_sheet.as_uri()], check=True, capture_output=True, timeout=60)
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (1000, 700)
+    html = report.contact_sheet.read_text()
+    assert html.count('alt="before"') == 2 and html.count('alt="after"') == 2 and "data:image/jpeg;base64," in html
+    # the inlined thumbnails were drawn: the page is not a blank sheet of one colour
+    colours = im.resize((100, 70)).getcolors(maxcolors=100_000) or []
+    assert len(colours) > 200
+
+
+def test_black_output_is_a_recorded_failure_not_a_dataset_row(tiny: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from common.export import export
+    from common.runner import run_all
+    from common.settings import reset_settings
+
+    # a saved checkpoint whose VAE decoder ends in a constant -10: every image decodes black
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(tiny["edit"]), safety_checker=None)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.zero_()
+        pipe.vae.decoder.conv_out.bias.fill_(-10.0)
+    broken = tmp_path / "black-edit-model"
+    pipe.save_pretrained(broken)
+    monkeypatch.setenv("SYNTHPIPE_EDIT_MODEL", str(broken))
+    reset_settings()
+    _ingest_and_pair(tmp_path, persons=2, garments=2, characters=0, tryon=2)
+    ctx = _ctx()
+    results = run_all(ctx)
+    assert results["edit"].by_status == {"failed": 2}
+    with ctx.db.session() as s:
+        failed = s.scalars(select(Job).where(Job.stage == "edit")).all()
+        assert {(j.error_type, j.error_message) for j in failed} == {("ModelOutputError", "all-black output")}
+        assert s.scalars(select(Edit)).all() == []
+    report = export(ctx.db, ctx.storage, tmp_path / "out")
+    assert report.rows == 0
+    summary = json.loads(report.summary_path.read_text())
+    assert summary["failures"] == [{"stage": "edit", "error_type": "ModelOutputError",
+                                    "reason": "all-black output", "count": 2}]
