@@ -1,0 +1,139 @@
+"""The scrape stage end to end: `synthpipe crawl` queues batches, `synthpipe run --stage scrape`
+crawls a site served on 127.0.0.1 in headless Chromium, stores images with provenance, and
+pairs them into queued vl jobs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from common import samples
+from common.models import Asset, ItemSet, Job
+
+sys.path.insert(0, str(Path(__file__).parent / "sites"))
+from scrape_testsite import Response, SiteServer, page  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+
+def _jpeg(im) -> bytes:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def shop() -> SiteServer:
+    return make_shop()
+
+
+def make_shop() -> SiteServer:
+    """A small shop: model photos under /look/, products under /product/, a near duplicate."""
+    server = SiteServer()
+    persons = [_jpeg(samples.person(i, (160, 200))) for i in range(3)]
+    garments = [_jpeg(samples.garment(i, (160, 160))) for i in range(4)]
+    near = _jpeg(samples.garment(0, (160, 160)).resize((150, 150)))  # same picture, re-scaled
+    server.routes["/robots.txt"] = Response(200, b"User-agent: *\nDisallow: /account\n", "text/plain")
+    server.routes["/"] = page(
+        '<a href="/women/look/1">look</a> <a href="/women/product/a">a</a> <a href="/account/me">me</a>'
+    )
+    server.routes["/women/look/1"] = page(
+        "".join(f'<img src="/img/model/{i}.jpg">' for i in range(3)) + '<a href="/women/product/b">b</a>'
+    )
+    server.routes["/women/product/a"] = page(
+        '<img data-src="/img/product/0.jpg"><img srcset="/img/product/1.jpg 600w, /img/small/1.jpg 100w">'
+    )
+    server.routes["/women/product/b"] = page(
+        '<picture><source srcset="/img/product/2.jpg 2x, /img/small/2.jpg 1x"><img src="/img/small/2.jpg">'
+        '</picture><img src="/img/product/3.jpg">'
+        '<img src="/img/product/near.jpg"><img src="/img/model/0-copy.jpg">'
+    )
+    server.routes["/account/me"] = page('<img src="/img/product/secret.jpg">')
+    for i, data in enumerate(persons):
+        server.routes[f"/img/model/{i}.jpg"] = Response(200, data, "image/jpeg")
+    server.routes["/img/model/0-copy.jpg"] = Response(200, persons[0], "image/jpeg")  # exact duplicate
+    for i, data in enumerate(garments):
+        server.routes[f"/img/product/{i}.jpg"] = Response(200, data, "image/jpeg")
+    server.routes["/img/product/near.jpg"] = Response(200, near, "image/jpeg")
+    return server
+
+
+def _sites_file(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "sites.yaml"
+    path.write_text(f"""
+categories:
+  - name: retailer
+    weight: 1
+    sites:
+      - name: test-shop
+        weight: 1
+        start_urls: ["{url}"]
+        allow: ["^/$", "^/women/"]
+        deny: ["^/account"]
+        max_depth: 3
+        max_pages: 20
+        delay_s: 0.05
+        roles:
+          - {{role: person, match: "/model/|/look/"}}
+          - {{role: garment, match: "/product/"}}
+        default_role: garment
+        licence: "test licence"
+""")
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SE_OFFLINE": "true", "SYNTHPIPE_SCRAPE__PAGE_TIMEOUT_S": "20"}
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_crawl_then_run_stores_images_with_provenance_and_fills_the_vl_queue(shop: SiteServer,
+                                                                              tmp_path: Path) -> None:
+    from common.db import get_database
+
+    with shop:
+        sites = _sites_file(tmp_path, shop.url("/"))
+        queued = _cli("crawl", "--sites", str(sites), "--batches", "1", "--seed", "3", "--json")
+        assert queued.returncode == 0, queued.stderr
+        assert json.loads(queued.stdout)["queued"] == 1
+        again = json.loads(_cli("crawl", "--sites", str(sites), "--batches", "1", "--seed", "3", "--json").stdout)
+        assert again["queued"] == 0 and again["existing"] == 1
+        run = _cli("run", "--stage", "scrape", "--json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["scrape"]["succeeded"] == 1
+        requested = shop.paths()
+    assert not any(p.startswith("/account") for p in requested), "robots.txt/deny ignored"
+    assert not any(p.startswith("/img/small/") for p in requested), "a smaller srcset candidate was fetched"
+
+    db = get_database()
+    with db.session() as s:
+        assets = s.scalars(select(Asset)).all()
+        by_role = {r: sorted(a.source_url.rsplit("/", 2)[-2] + "/" + a.source_url.rsplit("/", 1)[-1]
+                             for a in assets if a.role == r) for r in ("person", "garment")}
+        assert by_role["person"] == ["model/0.jpg", "model/1.jpg", "model/2.jpg"]
+        assert by_role["garment"] == ["product/0.jpg", "product/1.jpg", "product/2.jpg", "product/3.jpg"]
+        for a in assets:  # provenance on every asset
+            assert a.site == "test-shop" and a.category == "retailer" and a.licence == "test licence"
+            assert a.page_url and a.page_url.startswith(shop.url("/")) and a.fetched_at is not None
+        job = s.scalars(select(Job).where(Job.stage == "scrape")).one()
+        result = job.result or {}
+        statuses = {i["url"].rsplit("/", 1)[-1]: i["status"] for i in result["report"]["images"]}
+        assert statuses["0-copy.jpg"] == "duplicate"
+        assert statuses["near.jpg"] == "near_duplicate"
+        # crawling alone filled the vl queue: every person photo is in a try-on set
+        sets = s.scalars(select(ItemSet)).all()
+        paired_people = {m.asset_id for item in sets for m in item.members if m.role == "person"}
+        assert paired_people == {a.id for a in assets if a.role == "person"}
+        vl_jobs = s.scalars(select(Job).where(Job.stage == "vl")).all()
+        assert len(vl_jobs) == len(sets) > 0
+
+    rerun = json.loads(_cli("run", "--stage", "scrape", "--json").stdout)  # nothing queued: nothing done
+    assert rerun["scrape"]["claimed"] == 0

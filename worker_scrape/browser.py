@@ -1,0 +1,321 @@
+"""One headless Chromium driven through Selenium, reused across pages and restarted when it
+dies.
+
+The browser renders documents and runs their scripts, but never loads images, fonts or
+media (content setting + DevTools URL blocking): every image request goes through the
+fetcher, which honours robots.txt and the per-host delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from worker_scrape.config import CrawlConfig
+from worker_scrape.errors import BrowserError, ScrapeError
+
+log = logging.getLogger(__name__)
+
+BASE_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-crash-reporter",
+    "--disable-breakpad",
+    "--disable-extensions",
+    "--mute-audio",
+    "--window-size=1280,2000",
+)
+BLOCKED_URLS = [
+    "*/favicon.ico",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.gif",
+    "*.webp",
+    "*.avif",
+    "*.bmp",
+    "*.ico",
+    "*.svg",
+    "*.tif",
+    "*.tiff",
+    "*.woff",
+    "*.woff2",
+    "*.ttf",
+    "*.otf",
+    "*.mp4",
+    "*.webm",
+    "*.mp3",
+    "*.m4a",
+    "*.ogg",
+]
+# errors that mean the browser or its driver is gone (a crash, a kill, a lost session)
+DEAD_ERRORS: tuple[type[BaseException], ...] = (WebDriverException, Urllib3HTTPError, OSError)
+
+_SCROLL_JS = """
+const [steps, pause, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+let i = 0;
+function step() {
+  const h = window.innerHeight || 800;
+  const end = Math.max(document.body ? document.body.scrollHeight : 0,
+                       document.documentElement.scrollHeight);
+  if (i >= steps || window.scrollY + h >= end) { done(true); return; }
+  i += 1; window.scrollBy(0, h); setTimeout(step, pause);
+}
+step();
+"""
+
+_EXTRACT_JS = """
+const css = arguments[0];
+const LAZY = ['data-src', 'data-lazy', 'data-lazy-src', 'data-original', 'data-original-src'];
+const LAZYSET = ['data-srcset', 'data-lazy-srcset'];
+const imgs = [];
+for (const img of document.querySelectorAll('img')) {
+  const rec = {src: img.getAttribute('src'), srcset: img.getAttribute('srcset'),
+               lazy: [], lazysets: [], sources: []};
+  for (const a of LAZY) { const v = img.getAttribute(a); if (v) rec.lazy.push(v); }
+  for (const a of LAZYSET) { const v = img.getAttribute(a); if (v) rec.lazysets.push(v); }
+  const pic = img.closest('picture');
+  if (pic) for (const s of pic.querySelectorAll('source')) {
+    const v = s.getAttribute('srcset') || s.getAttribute('data-srcset'); if (v) rec.sources.push(v);
+  }
+  imgs.push(rec);
+}
+const singles = [];
+for (const m of document.querySelectorAll(
+    'meta[property="og:image"], meta[name="twitter:image"], meta[itemprop="image"]')) {
+  if (m.content) singles.push(m.content);
+}
+for (const el of document.querySelectorAll('[data-bg], [data-background], [data-background-image]')) {
+  singles.push(el.getAttribute('data-bg') || el.getAttribute('data-background')
+               || el.getAttribute('data-background-image'));
+}
+if (css) {
+  const all = document.body ? document.body.querySelectorAll('*') : [];
+  for (let i = 0; i < all.length && i < 5000; i++) {
+    const bg = getComputedStyle(all[i]).backgroundImage;
+    if (bg && bg !== 'none') for (const m of bg.matchAll(/url\\(["']?([^"')]+)["']?\\)/g)) singles.push(m[1]);
+  }
+}
+const links = [];
+for (const a of document.querySelectorAll('a[href], area[href]')) {
+  if (!/\\bnofollow\\b/i.test(a.getAttribute('rel') || '')) links.push(a.href);
+}
+const metaRobots = Array.from(document.querySelectorAll('meta[name="robots" i]'))
+  .map(m => (m.content || '').toLowerCase()).join(',');
+let status = null;
+try { const nav = performance.getEntriesByType('navigation')[0];
+      if (nav && nav.responseStatus) status = nav.responseStatus; } catch (e) {}
+return {url: location.href, base: document.baseURI, status: status, title: document.title,
+        imgs: imgs, singles: singles, links: links, meta_robots: metaRobots};
+"""
+
+
+class PageError(ScrapeError):
+    """A page could not be rendered; ``reason`` is short (``"timeout"``, ``"browser: ..."``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class RenderedPage:
+    """What the browser saw: the final URL, the HTTP status (when Chromium reports it) and
+    raw image/link data for :mod:`worker_scrape.extract`."""
+
+    url: str
+    base: str
+    status: int | None
+    title: str = ""
+    imgs: list[dict[str, Any]] = field(default_factory=list)
+    singles: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    meta_robots: str = ""
+
+
+class Browser:
+    """A lazily started, restartable headless Chromium."""
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self.config = config
+        self.restarts = 0
+        self.starts = 0
+        self._driver: webdriver.Chrome | None = None
+        self._profile: str | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+    @property
+    def driver(self) -> webdriver.Chrome:
+        if self._driver is None:
+            self.start()
+        assert self._driver is not None
+        return self._driver
+
+    @property
+    def running(self) -> bool:
+        return self._driver is not None
+
+    def start(self) -> None:
+        os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download
+        cfg = self.config
+        self._profile = tempfile.mkdtemp(prefix="synthpipe-chromium-")
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = str(cfg.chromium_path)
+        if cfg.headless:
+            opts.add_argument("--headless=new")
+        for flag in (*BASE_FLAGS, *cfg.extra_browser_args):
+            opts.add_argument(flag)
+        opts.add_argument(f"--user-data-dir={self._profile}")
+        opts.add_argument(f"--user-agent={cfg.user_agent}")
+        opts.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.images": 2}
+        )
+        service = Service(
+            executable_path=str(cfg.chromedriver_path),
+            popen_kw={"start_new_session": True},  # own process group: killed as one
+        )
+        t0 = time.monotonic()
+        try:
+            driver = webdriver.Chrome(service=service, options=opts)
+        except (WebDriverException, OSError) as exc:
+            self._cleanup_processes(service)
+            raise BrowserError(f"cannot start Chromium: {str(exc).splitlines()[0][:300]}") from exc
+        self._driver = driver
+        self.starts += 1
+        try:
+            driver.set_page_load_timeout(cfg.page_timeout_s)
+            driver.set_script_timeout(max(10.0, cfg.page_timeout_s))
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": BLOCKED_URLS})
+        except DEAD_ERRORS as exc:
+            self.close()
+            raise BrowserError(f"Chromium started but does not answer: {exc}") from exc
+        log.info("browser started in %.2fs (pid %s)", time.monotonic() - t0, self.driver_pid)
+
+    @property
+    def driver_pid(self) -> int | None:
+        proc = getattr(getattr(self._driver, "service", None), "process", None)
+        return proc.pid if proc is not None else None
+
+    def close(self) -> None:
+        """Quit the browser; kill whatever is left of its process group; drop the profile."""
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            with contextlib.suppress(*DEAD_ERRORS):
+                driver.quit()
+            self._cleanup_processes(driver.service)
+        if self._profile:
+            shutil.rmtree(self._profile, ignore_errors=True)
+            self._profile = None
+
+    def restart(self, reason: str) -> None:
+        if self.restarts >= self.config.max_browser_restarts:
+            self.close()
+            raise BrowserError(f"browser died {self.restarts + 1} times; last: {reason}")
+        self.restarts += 1
+        log.warning("restarting browser (%d): %s", self.restarts, reason)
+        self.close()
+        self.start()
+
+    @staticmethod
+    def _cleanup_processes(service: Any) -> None:
+        proc = getattr(service, "process", None)
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+
+    def alive(self) -> bool:
+        if self._driver is None:
+            return False
+        try:
+            self._driver.execute_script("return 1")
+            return True
+        except DEAD_ERRORS:
+            return False
+
+    # --- pages ----------------------------------------------------------------------
+    def render(self, url: str, before_load: Any = None) -> RenderedPage:
+        """Load ``url``, let scripts and lazy loaders run, and read images and links.
+
+        ``before_load`` (a context manager factory, e.g. the politeness slot) wraps the
+        navigation itself. A dead browser is restarted and the page tried once more.
+        """
+        for attempt in (1, 2):
+            if self._driver is None:
+                self.start()
+            try:
+                return self._render_once(url, before_load)
+            except TimeoutException:
+                with contextlib.suppress(*DEAD_ERRORS):
+                    self.driver.execute_script("window.stop();")
+                if self.alive():
+                    raise PageError("timeout") from None
+                self.restart(f"dead after timeout on {url}")
+            except DEAD_ERRORS as exc:
+                reason = (
+                    str(exc).strip().splitlines()[0][:200]
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
+                if self.alive():
+                    raise PageError(f"browser: {reason}") from None
+                if attempt == 2:
+                    self.restart(f"died again on {url}: {reason}")
+                    raise PageError(f"browser crashed twice: {reason}") from None
+                self.restart(f"died on {url}: {reason}")
+        raise AssertionError("unreachable")
+
+    def _render_once(self, url: str, before_load: Any) -> RenderedPage:
+        driver = self.driver
+        if before_load is not None:
+            with before_load():
+                driver.get(url)
+        else:
+            driver.get(url)
+        deadline = time.monotonic() + min(5.0, self.config.page_timeout_s)
+        while driver.execute_script("return document.readyState") != "complete":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self.config.scroll_steps:
+            driver.execute_async_script(_SCROLL_JS, self.config.scroll_steps, 60)
+        if self.config.settle_s:
+            time.sleep(self.config.settle_s)
+        data = driver.execute_script(_EXTRACT_JS, self.config.css_backgrounds)
+        return RenderedPage(
+            url=data["url"],
+            base=data["base"] or data["url"],
+            status=data.get("status"),
+            title=data.get("title") or "",
+            imgs=data.get("imgs") or [],
+            singles=[s for s in data.get("singles") or [] if s],
+            links=data.get("links") or [],
+            meta_robots=data.get("meta_robots") or "",
+        )
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""robots.txt, fetched once per host and cached for the life of a :class:`RobotsCache`
+(one crawl batch).
+
+Semantics are those of :mod:`urllib.robotparser`, with these outcomes of the fetch:
+
+* 2xx: the file is parsed (the first 512 KiB).
+* 401 / 403: everything is disallowed (as ``urllib.robotparser`` does).
+* any other 4xx (404, 410, ...): no rules, everything is allowed.
+* 5xx, timeout, connection error: ``on_unreachable`` decides. The default, ``"deny"``, treats
+  the host as fully disallowed for this batch: a server that cannot serve its robots.txt is
+  not crawled (the conservative reading of RFC 9309 section 2.3.1.4). ``"allow"`` crawls it
+  as if there were no robots.txt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+from urllib.robotparser import RobotFileParser
+
+import requests
+
+from worker_scrape.throttle import HostThrottle
+from worker_scrape.urls import host_key
+
+log = logging.getLogger(__name__)
+
+MAX_ROBOTS_BYTES = 512 * 1024
+
+
+@dataclass
+class RobotsEntry:
+    """What is known about one host's robots.txt."""
+
+    status: str  # "ok", "missing", "forbidden", "unreachable: <why>"
+    parser: RobotFileParser | None = None
+    allow_all: bool = False
+
+    def can_fetch(self, user_agent: str, url: str) -> bool:
+        if self.parser is not None:
+            return self.parser.can_fetch(user_agent, url)
+        return self.allow_all
+
+    def crawl_delay(self, user_agent: str) -> float | None:
+        if self.parser is None:
+            return None
+        delay = self.parser.crawl_delay(user_agent)
+        return float(delay) if delay is not None else None
+
+
+class RobotsCache:
+    """Per-host robots.txt cache. Thread-safe; each host's file is requested at most once."""
+
+    def __init__(
+        self,
+        user_agent: str,
+        *,
+        session: requests.Session | None = None,
+        throttle: HostThrottle | None = None,
+        timeout_s: float = 15.0,
+        on_unreachable: Literal["deny", "allow"] = "deny",
+    ) -> None:
+        self.user_agent = user_agent
+        self.session = session or requests.Session()
+        self.throttle = throttle or HostThrottle()
+        self.timeout_s = timeout_s
+        self.on_unreachable = on_unreachable
+        self._entries: dict[str, RobotsEntry] = {}
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+
+    @staticmethod
+    def robots_url(url: str) -> str:
+        parts = urlsplit(url)
+        return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), "/robots.txt", "", ""))
+
+    def entry(self, url: str, delay_s: float = 0.0) -> RobotsEntry:
+        """The cached entry for ``url``'s host, fetching robots.txt on first use."""
+        key = f"{urlsplit(url).scheme.lower()}://{host_key(url)}"
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                return found
+            host_lock = self._host_locks.setdefault(key, threading.Lock())
+        with host_lock:
+            found = self._entries.get(key)
+            if found is None:
+                found = self._fetch(url, delay_s)
+                with self._lock:
+                    self._entries[key] = found
+            return found
+
+    def allowed(self, url: str, delay_s: float = 0.0) -> bool:
+        """True if the configured User-Agent may fetch ``url``."""
+        return self.entry(url, delay_s).can_fetch(self.user_agent, url)
+
+    def crawl_delay(self, url: str, delay_s: float = 0.0) -> float | None:
+        """The host's ``Crawl-delay`` for our User-Agent, if it sets one."""
+        return self.entry(url, delay_s).crawl_delay(self.user_agent)
+
+    def _fetch(self, url: str, delay_s: float) -> RobotsEntry:
+        robots_url = self.robots_url(url)
+        try:
+            with self.throttle.slot(host_key(url), delay_s):
+                resp = self.session.get(
+                    robots_url,
+                    headers={"User-Agent": self.user_agent},
+                    timeout=self.timeout_s,
+                    stream=True,
+                )
+                try:
+                    status = resp.status_code
+                    body = (
+                        resp.raw.read(MAX_ROBOTS_BYTES, decode_content=True)
+                        if status < 300
+                        else b""
+                    )
+                finally:
+                    resp.close()
+        except requests.RequestException as exc:
+            return self._unreachable(robots_url, f"{type(exc).__name__}")
+        if status in (401, 403):
+            log.info("robots.txt %s: HTTP %d, host disallowed", robots_url, status)
+            return RobotsEntry(status="forbidden", allow_all=False)
+        if 400 <= status < 500:
+            log.debug("robots.txt %s: HTTP %d, everything allowed", robots_url, status)
+            return RobotsEntry(status="missing", allow_all=True)
+        if status >= 500:
+            return self._unreachable(robots_url, f"HTTP {status}")
+        parser = RobotFileParser(robots_url)
+        parser.parse(body.decode("utf-8", errors="replace").splitlines())
+        return RobotsEntry(status="ok", parser=parser)
+
+    def _unreachable(self, robots_url: str, why: str) -> RobotsEntry:
+        allow = self.on_unreachable == "allow"
+        log.warning(
+            "robots.txt %s unreachable (%s): host %s",
+            robots_url,
+            why,
+            "crawled as unrestricted" if allow else "not crawled",
+        )
+        return RobotsEntry(status=f"unreachable: {why}", allow_all=allow)
