@@ -1,0 +1,60 @@
+"""The deployment files: docker-compose.yml and the Dockerfile, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from common.cli import _register_extensions, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _registered() -> bool:
+    from common import cli
+
+    return bool(cli._EXTENSIONS)
+
+
+def test_compose_has_every_service_wired() -> None:
+    services = _compose()["services"]
+    assert {"redis", "postgres", "migrate", "flower", "scrape-worker", "vl-worker", "edit-worker"} <= set(services)
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    assert services["migrate"]["command"] == ["db", "upgrade"] and services["migrate"]["restart"] == "no"
+    for name in ("flower", "scrape-worker", "vl-worker", "edit-worker"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully", name
+        env = services[name]["environment"]
+        assert env["SYNTHPIPE_BROKER_URL"].startswith("redis://redis:")
+        assert env["SYNTHPIPE_DATABASE_URL"].startswith("postgresql")
+    for name in ("vl-worker", "edit-worker"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"], name
+    assert "SYNTHPIPE_FLOWER__BASIC_AUTH" in services["flower"]["environment"]
+    assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
+
+
+def test_compose_commands_are_valid_synthpipe_commands() -> None:
+    if not _registered():
+        _register_extensions()
+    parser = build_parser()
+    for name, svc in _compose()["services"].items():
+        if svc.get("image", "").startswith("synthpipe"):
+            args = parser.parse_args(svc["command"])  # exits (fails the test) on a bad command
+            assert args.func is not None, name
+
+
+def test_dockerfile_copies_existing_paths() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", text, flags=re.M):
+        for part in line.split()[:-1]:  # the last word is the destination
+            assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
+    assert 'ENTRYPOINT ["synthpipe"]' in text
