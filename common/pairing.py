@@ -139,11 +139,23 @@ def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[in
     reports = []
     if persons:
         reports.append(pair_tryon(session, settings, limit=len(persons), seed=seed, persons=persons))
-    if garments:  # new garments join sets with photos already stored
+    if garments:
+        # Person photos stored before any garment existed are waiting for a set: they go first,
+        # so crawl order never leaves a person unpaired. Then the new garments join random sets.
+        waiting = _unpaired(session, "person")
+        if waiting:
+            reports.append(pair_tryon(session, settings, limit=len(waiting), seed=seed + 1, persons=waiting))
         reports.append(pair_tryon(session, settings, limit=len(garments), seed=seed + 1))
     if characters:
         reports.append(pair_enrich(session, settings, limit=None, seed=seed, characters=characters))
     return reports
+
+
+def _unpaired(session: Session, role: str) -> list[int]:
+    """Assets of ``role`` that are in no item set yet, oldest first."""
+    in_a_set = select(ItemSetAsset.asset_id)
+    return list(session.scalars(select(Asset.id).where(Asset.role == role, Asset.id.not_in(in_a_set))
+                                .order_by(Asset.id)))
 
 
 def _ids(session: Session, role: str) -> list[int]:

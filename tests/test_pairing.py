@@ -146,3 +146,25 @@ def test_pair_cli_json(photos: dict[str, Path]) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "positive" in bad.stderr
 
+
+def test_persons_stored_before_any_garment_are_paired_when_garments_arrive(tmp_path: Path) -> None:
+    """Crawl order decides whether person photos or garments are stored first; either way every
+    person photo ends up in a try-on set (the crawler pairs as it stores)."""
+    from common.db import get_database
+    from common.pairing import pair_new_assets
+    from common.settings import get_settings
+
+    folders = samples.write_samples(tmp_path / "photos", persons=3, garments=2, characters=0, seed=5)
+    db, settings = get_database(), get_settings()
+    _ingest(folders["person"], "person")
+    with db.session() as s:
+        persons = list(s.scalars(select(Asset.id).where(Asset.role == "person")))
+        assert sum(r.created for r in pair_new_assets(s, settings, persons, seed=1)) == 0  # no garments yet
+        s.commit()
+    _ingest(folders["garment"], "garment")
+    with db.session() as s:
+        garments = list(s.scalars(select(Asset.id).where(Asset.role == "garment")))
+        pair_new_assets(s, settings, garments, seed=2)
+        s.commit()
+    paired = {m.asset_id for item in _sets("tryon") for m in item.members if m.role == "person"}
+    assert paired == set(persons)
