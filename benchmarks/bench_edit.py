@@ -115,13 +115,12 @@ def build_real(out: Path, *, init_device: str = "cpu", overrides: dict[str, dict
     from diffusers import (
         AutoencoderKL,
         EulerAncestralDiscreteScheduler,
-        StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from worker_edit.tiny import write_clip_tokenizer_files
+    from worker_edit.tiny import save_instruct_pix2pix, write_clip_tokenizer_files
 
     overrides = overrides or {}
     out.mkdir(parents=True, exist_ok=True)
@@ -140,22 +139,9 @@ def build_real(out: Path, *, init_device: str = "cpu", overrides: dict[str, dict
         unet, vae, text_encoder = (_half(m) for m in (unet, vae, text_encoder))
     finally:
         diffusers_logging.set_verbosity(level)
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=EulerAncestralDiscreteScheduler(**REAL_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(out), safe_serialization=True)  # type: ignore[attr-defined]
-    for path in tok_src.iterdir():
-        path.unlink()
-    tok_src.rmdir()
-    del pipe, unet, vae, text_encoder
+    save_instruct_pix2pix(out, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                          scheduler=EulerAncestralDiscreteScheduler(**REAL_SCHEDULER), tokenizer_src=tok_src)
+    del unet, vae, text_encoder
     if init_device.startswith("cuda"):
         torch.cuda.empty_cache()
     return out

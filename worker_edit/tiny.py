@@ -13,6 +13,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,6 @@ def build_tiny_instruct_pix2pix(out_dir: str | Path) -> Path:
     from diffusers import (
         AutoencoderKL,
         EulerAncestralDiscreteScheduler,
-        StableDiffusionInstructPix2PixPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -159,6 +159,18 @@ def build_tiny_instruct_pix2pix(out_dir: str | Path) -> Path:
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
     )
+    save_instruct_pix2pix(out, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                          scheduler=scheduler, tokenizer_src=tok_src)
+    logger.info("tiny InstructPix2Pix written to %s", out)
+    return out
+
+
+def save_instruct_pix2pix(out: Path, *, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any,
+                          tokenizer_src: Path) -> None:
+    """Assemble an InstructPix2Pix pipeline (no safety checker) from its parts, write it with
+    ``save_pretrained`` to ``out`` and remove the tokenizer's source files."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -171,11 +183,9 @@ def build_tiny_instruct_pix2pix(out_dir: str | Path) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(out), safe_serialization=True)  # type: ignore[attr-defined]
-    for path in tok_src.iterdir():
+    for path in tokenizer_src.iterdir():
         path.unlink()
-    tok_src.rmdir()
-    logger.info("tiny InstructPix2Pix written to %s", out)
-    return out
+    tokenizer_src.rmdir()
 
 
 def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
