@@ -123,8 +123,15 @@ class Cluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("worker-*.log")))
 
     def stop_all(self) -> None:
-        for p in self.workers:
-            if p.poll() is None:
+        """Warm shutdown first, so a worker's resident browser is closed and no Chromium outlives
+        the test to load the machine for the next ones; SIGKILL whatever does not stop in time."""
+        live = [p for p in self.workers if p.poll() is None]
+        for p in live:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in live:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.engine.dispose()
@@ -144,7 +151,9 @@ def cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path]
         "SYNTHPIPE_BROKER_URL": redis_server.url,
         "SYNTHPIPE_VL_MODEL": str(tiny_models["vl"]),
         "SYNTHPIPE_EDIT_MODEL": str(tiny_models["edit"]),
-        "SYNTHPIPE_JOBS__LEASE_S": "4",
+        # short enough that a killed worker's jobs come back soon, long enough that a heartbeat
+        # (every lease/3) is never late on a loaded 2-core machine while a worker imports torch
+        "SYNTHPIPE_JOBS__LEASE_S": "10",
         "SYNTHPIPE_JOBS__MAX_ATTEMPTS": "3",
         "SYNTHPIPE_JOBS__BACKOFF_BASE_S": "0.5",
         "SYNTHPIPE_CELERY__SWEEP_INTERVAL_S": "1",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -89,13 +90,13 @@ def test_claim_prefers_named_ids(db: Database) -> None:
 def test_retry_backs_off_then_dead_at_cap(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     from common.settings import reset_settings
 
-    monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "0.2")
+    monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "1.5")  # long enough to observe on a busy machine
     reset_settings()
     (jid,) = _queue(db, 1, max_attempts=2)
     (j1,) = jobstore.claim(db, "vl", 1)
     assert jobstore.record(db, j1, Outcome.from_error(TransientError("GPU busy"))) == "queued"
     assert jobstore.claim(db, "vl", 1) == []  # backing off
-    time.sleep(0.35)
+    time.sleep(1.7)
     (j2,) = jobstore.claim(db, "vl", 1)
     assert j2.attempts == 2
     assert jobstore.record(db, j2, Outcome.from_error(TransientError("GPU busy again"))) == "dead"
@@ -134,10 +135,12 @@ def test_writer_runs_in_the_recording_transaction(db: Database) -> None:
 # --- several processes ---------------------------------------------------------------------
 
 
-def _claimer(url: str, out: str, batch: int) -> None:
+def _claimer(url: str, out: str, batch: int, ready: Any) -> None:
     from common.db import get_database
 
     db = get_database(url, ensure=False)
+    db.engine.connect().close()
+    ready.wait(60)  # start claiming together: a process still importing would find nothing left
     got: list[int] = []
     while True:
         jobs = jobstore.claim(db, "vl", batch, worker=f"p{os.getpid()}")
@@ -151,7 +154,8 @@ def test_concurrent_claimers_never_share_a_job(db: Database, tmp_path: Path) -> 
     ids = set(_queue(db, 1000))
     ctx = mp.get_context("spawn")
     outs = [tmp_path / f"claimed-{i}.json" for i in range(4)]
-    procs = [ctx.Process(target=_claimer, args=(db.url, str(o), 7)) for o in outs]
+    ready = ctx.Barrier(len(outs))
+    procs = [ctx.Process(target=_claimer, args=(db.url, str(o), 7, ready)) for o in outs]
     for p in procs:
         p.start()
     for p in procs:
@@ -177,7 +181,7 @@ time.sleep(600)
 
 def test_killed_claimers_jobs_come_back_after_the_lease(db: Database) -> None:
     ids = _queue(db, 8)
-    proc = subprocess.Popen([sys.executable, "-c", CLAIM_AND_HANG, db.url, "1.0"],
+    proc = subprocess.Popen([sys.executable, "-c", CLAIM_AND_HANG, db.url, "3.0"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     held = [int(x) for x in proc.stdout.readline().strip().split(",")]
@@ -185,7 +189,7 @@ def test_killed_claimers_jobs_come_back_after_the_lease(db: Database) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert jobstore.requeue_expired(db, "vl") == []  # lease not yet over
-    time.sleep(1.1)
+    time.sleep(3.1)
     assert sorted(jobstore.requeue_expired(db, "vl")) == held
     again = jobstore.claim(db, "vl", 10)
     assert [j.id for j in again] == ids

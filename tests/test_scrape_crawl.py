@@ -35,7 +35,7 @@ LATE_SCRIPT = """<script>
 window.addEventListener('load', () => setTimeout(() => {
   const i = document.createElement('img'); i.src = '/img/late.png';
   document.getElementById('late').appendChild(i);
-}, 150));
+}, 20));
 </script>"""
 LAZY_SCRIPT = """<script>
 const io = new IntersectionObserver((es) => es.forEach(e => {
@@ -175,7 +175,7 @@ def shop_crawl():
         config = CrawlConfig(
             user_agent=UA,
             max_image_bytes=100_000,
-            settle_s=0.3,
+            settle_s=0.5,
             page_timeout_s=20,
             download_timeout_s=10,
             max_query_variants=3,
@@ -331,13 +331,15 @@ def test_page_timeout_fails_the_page_not_the_crawl():
 
     with SiteServer() as server:
         server.routes["/"] = page('<a href="/slow">slow</a> <a href="/fine">fine</a>')
-        server.routes["/slow"] = Response(200, b"<html>late</html>", delay_s=2.5)
+        # The timeout applies to every page, including the first load in a fresh Chromium: it
+        # must be generous enough for a loaded machine, and the slow page far slower still.
+        server.routes["/slow"] = Response(200, b"<html>late</html>", delay_s=15)
         server.routes["/fine"] = page('<img src="/img/f.png">')
         server.routes["/img/f.png"] = image()
         site_file = parse_sites(SITE_YAML.format(start=server.url("/"), delay=0))
         category, site = site_file.site("test-shop")
         registry = Registry()
-        config = CrawlConfig(user_agent=UA, settle_s=0.05, page_timeout_s=1.0)
+        config = CrawlConfig(user_agent=UA, settle_s=0.05, page_timeout_s=5.0)
         with Crawler(config) as crawler:
             report = crawler.crawl_site(site, category, on_image=registry)
     assert [(f.url.rsplit("/", 1)[-1], f.reason) for f in report.pages_failed] == [

@@ -134,4 +134,4 @@ def test_throttle_spaces_requests_per_host() -> None:
             assert s2 - e1 >= 0.1 - 1e-3, host
     assert len(stamps["a"]) == 6 and len(stamps["b"]) == 3
     # host b ran alongside host a, not after it
-    assert min(s for s, _e in stamps["b"]) - t0 < 0.1
+    assert min(s for s, _e in stamps["b"]) - t0 < 0.3  # host a alone takes >= 0.5 s
