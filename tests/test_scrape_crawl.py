@@ -372,3 +372,53 @@ def test_one_browser_for_a_batch_and_max_pages_override():
         assert [r.stopped for r in reports] == ["max_pages", "max_pages"]
         assert [r.site for r in reports] == ["test-shop", "second"]
         assert len([p for p in one.paths() if p.startswith("/p")]) == 2
+
+
+OPEN_BROWSER_AND_HANG = """
+import sys, time
+from worker_scrape.browser import Browser
+from worker_scrape.config import CrawlConfig
+b = Browser(CrawlConfig(user_agent="t", settle_s=0.05))
+b.render(sys.argv[1])
+print(b._profile, flush=True)
+time.sleep(600)
+"""
+
+
+def _processes_naming(profile: str) -> list[int]:
+    pids = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if f"--user-data-dir={profile}".encode() in fh.read():
+                pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reaping reads /proc (Linux)")
+def test_a_killed_workers_browser_is_reaped_by_the_next_one(tmp_path: Path) -> None:
+    """SIGKILL gives a worker no chance to quit Chromium; the next browser start kills the orphan."""
+    import subprocess
+    import time
+
+    from worker_scrape.browser import reap_orphaned_browsers
+
+    with SiteServer() as server:
+        server.routes["/"] = page("hello")
+        env = {**os.environ, "TMPDIR": str(tmp_path), "SE_OFFLINE": "true"}
+        worker = subprocess.Popen([sys.executable, "-c", OPEN_BROWSER_AND_HANG, server.url("/")], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        assert worker.stdout is not None
+        profile = worker.stdout.readline().strip()
+        assert profile.startswith(str(tmp_path)) and f"-{worker.pid}-" in profile
+        worker.kill()
+        worker.wait()
+    assert _processes_naming(profile), "Chromium should have outlived its SIGKILLed owner"
+    alive_profile = tmp_path / f"synthpipe-chromium-{os.getpid()}-live"  # a live owner's profile stays
+    alive_profile.mkdir()
+    assert reap_orphaned_browsers(str(tmp_path)) == 1
+    deadline = time.monotonic() + 10
+    while _processes_naming(profile) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_naming(profile) == []
+    assert not Path(profile).exists() and alive_profile.exists()
+    assert reap_orphaned_browsers(str(tmp_path)) == 0

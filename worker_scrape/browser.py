@@ -151,6 +151,58 @@ class RenderedPage:
     meta_robots: str = ""
 
 
+PROFILE_PREFIX = "synthpipe-chromium-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphaned_browsers(tmpdir: str | None = None) -> int:
+    """Kill the Chromium trees of workers that died without closing them; return how many.
+
+    A worker killed with SIGKILL (OOM killer, ``kill -9``, a lost container) cannot quit its
+    browser, and chromedriver runs in its own session, so Chromium would outlive it and hold
+    memory until the machine reboots. Each profile directory carries its owner's pid; a profile
+    whose owner is gone marks an orphan: every process naming that profile is killed by process
+    group, and the profile is removed. Linux only (``/proc``); elsewhere only profiles go.
+    """
+    base = tmpdir or tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(PROFILE_PREFIX)]
+    except OSError:
+        return 0
+    orphans: list[str] = []
+    for name in names:
+        owner = name[len(PROFILE_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            orphans.append(os.path.join(base, name))
+    if not orphans:
+        return 0
+    groups: set[int] = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read().decode(errors="replace")
+            if any(f"--user-data-dir={profile}" in cmdline for profile in orphans):
+                groups.add(os.getpgid(int(pid)))
+        except OSError:
+            continue
+    for group in groups - {os.getpgrp()}:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGKILL)
+    for profile in orphans:
+        shutil.rmtree(profile, ignore_errors=True)
+    log.warning("reaped %d browser(s) left by killed workers (%d process groups)", len(orphans), len(groups))
+    return len(orphans)
+
+
 class Browser:
     """A lazily started, restartable headless Chromium."""
 
@@ -176,7 +228,9 @@ class Browser:
     def start(self) -> None:
         os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download
         cfg = self.config
-        self._profile = tempfile.mkdtemp(prefix="synthpipe-chromium-")
+        reap_orphaned_browsers()
+        # the owner's pid in the profile name lets a later worker reap this browser if we are killed
+        self._profile = tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-")
         opts = webdriver.ChromeOptions()
         opts.binary_location = str(cfg.chromium_path)
         if cfg.headless:
