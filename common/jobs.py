@@ -207,6 +207,28 @@ def extend_lease(db: Database, jobs: Iterable[ClaimedJob], lease_s: float) -> in
     return held
 
 
+def release(db: Database, jobs: Iterable[ClaimedJob], exc: BaseException) -> list[int]:
+    """Put jobs this claim holds back in the queue because the *runner* cannot run them (its
+    settings are wrong, not the jobs), with the reason recorded. The attempt is not charged:
+    ``max_attempts`` grows by one, so fixing the settings and rerunning loses nothing. No
+    message is sent again at once; distributed mode's sweeper resends after ``resend_after_s``.
+    Returns the ids released."""
+    now = utcnow()
+    released = []
+    with db.session() as s:
+        for job in jobs:
+            res = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
+                .values(status="queued", worker=None, lease_expires_at=None, updated_at=now,
+                        max_attempts=Job.max_attempts + 1, error_type=error_type(exc),
+                        error_message=str(exc)[:MAX_MESSAGE] or error_type(exc))
+            )
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                released.append(job.id)
+    return released
+
+
 # --- record --------------------------------------------------------------------------------
 
 

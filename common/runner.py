@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from common import jobs as jobstore
 from common.db import Database
+from common.errors import ConfigError
 from common.jobs import ClaimedJob, Outcome
 from common.models import STAGES, utcnow
 from common.progress import bar
@@ -86,6 +87,10 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
             outcomes = fn(list(claimed), ctx)
             if len(outcomes) != len(claimed):
                 raise RuntimeError(f"{stage} returned {len(outcomes)} outcomes for {len(claimed)} jobs")
+        except ConfigError as exc:  # the runner is misconfigured, not the jobs: give them back
+            released = jobstore.release(ctx.db, claimed, exc)
+            log.error("%s: %s; %d job(s) back in the queue", stage, exc, len(released))
+            raise
         except Exception as exc:  # the batch as a whole broke: every job gets another attempt
             log.exception("%s batch of %d failed as a whole", stage, len(claimed))
             outcomes = [Outcome.from_error(exc) for _ in claimed]

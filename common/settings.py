@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +26,23 @@ from common.errors import ConfigError
 
 ENV_PREFIX = "SYNTHPIPE_"
 TOML_FILE_ENV = "SYNTHPIPE_CONFIG"
+#: SYNTHPIPE_* variables that are not settings (the config file's path, test and benchmark hooks)
+NOT_SETTINGS = (TOML_FILE_ENV,)
+RECIPES = ("tryon", "enrich")
+NOT_SETTINGS_PREFIXES = ("SYNTHPIPE_TEST_", "SYNTHPIPE_BENCH_")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_device(value: str) -> str:
+    if not DEVICE_RE.fullmatch(value):
+        raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+    return value
+
+
+def _check_name(value: str, registry: Any, what: str) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {what}; allowed: {', '.join(sorted(registry))}")
+    return value
 
 
 class Section(BaseModel):
@@ -67,6 +86,29 @@ class VLSettings(Section):
     min_confidence: float = Field(0.0, ge=0, le=1)
     min_feasibility: Literal["low", "medium", "high"] = "low"
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from worker_vl.backends import BACKENDS  # a name registry: imports no model code
+
+        return _check_name(value, BACKENDS, "VL backend")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _check_device(value)
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _templates_exist(cls, value: str) -> str:
+        from worker_vl.prompting import PROMPTS_DIR
+
+        missing = [r for r in RECIPES if not (PROMPTS_DIR / f"{r}.{value}.yaml").is_file()]
+        if missing:
+            have = sorted({p.name.split(".")[1] for p in PROMPTS_DIR.glob("*.yaml")})
+            raise ValueError(f"no {'/'.join(missing)} prompt template for this version; have: {', '.join(have)}")
+        return value
+
 
 class EditSettings(Section):
     backend: str = "instruct-pix2pix"
@@ -84,6 +126,25 @@ class EditSettings(Section):
     scheduler: str = "euler_ancestral"
     max_side: int = Field(512, ge=64)
     negative_prompt: str | None = None
+
+    @field_validator("backend", "backend_tryon", "backend_enrich")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        from worker_edit.backends import BACKENDS  # a name registry: imports no model code
+
+        return None if value is None else _check_name(value, BACKENDS, "edit backend")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from worker_edit.backends import SCHEDULERS
+
+        return _check_name(value, SCHEDULERS, "InstructPix2Pix scheduler")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _check_device(value)
 
 
 class ScrapeSettings(Section):
@@ -158,7 +219,26 @@ class Settings(BaseSettings):
                              "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
         if self.vl.min_pixels > self.vl.max_pixels:
             raise ValueError("vl.min_pixels must not exceed vl.max_pixels")
+        self._keywords_fill_the_prompts()
         return self
+
+    def _keywords_fill_the_prompts(self) -> None:
+        """Every placeholder of the VL prompt templates must come from the keyword file's axes
+        (or the image counts), or every vl job would fail on the same missing value."""
+        from common.keywords import load_keywords
+        from worker_vl.prompting import load_template
+
+        kw = load_keywords(self.pairing.keywords_file)  # ConfigError names the file and key
+        provided = {"tryon": set(kw.context), "enrich": set(kw.context) | set(kw.enrich)}
+        for recipe in RECIPES:
+            template = load_template(recipe, self.vl.prompt_version)
+            needed = {name for _, name, _, _ in string.Formatter().parse(template.user) if name}
+            missing = sorted(needed - provided[recipe] - {"n_images", "n_garments"})
+            if missing:
+                where = self.pairing.keywords_file or "the shipped keyword file"
+                raise ValueError(
+                    f"pairing.keywords_file ({ENV_PREFIX}PAIRING__KEYWORDS_FILE): {where} has no axis "
+                    f"{', '.join(map(repr, missing))}, which prompt {recipe}.{self.vl.prompt_version} needs")
 
     @property
     def distributed(self) -> bool:
@@ -187,8 +267,27 @@ def _key_name(loc: tuple[Any, ...]) -> str:
     return f"{'.'.join(parts)} ({env})"
 
 
+def _unknown_variables() -> list[str]:
+    """``SYNTHPIPE_*`` variables that name no setting: a typo would otherwise fall back to a
+    default without a word (``SYNTHPIPE_DATABSE_URL`` -> SQLite)."""
+    top = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    sections = {ENV_PREFIX + name.upper() + "__" for name, f in Settings.model_fields.items()
+                if isinstance(f.default, BaseModel)}
+    unknown = []
+    for var in os.environ:
+        name = var.upper()
+        if (not name.startswith(ENV_PREFIX) or name in top or name in NOT_SETTINGS
+                or name.startswith(NOT_SETTINGS_PREFIXES) or name.startswith(tuple(sections))):
+            continue  # nested keys are checked by the sections themselves (extra="forbid")
+        unknown.append(var)
+    return sorted(unknown)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate settings; an invalid value raises ``ConfigError`` naming the key."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise ConfigError(f"invalid settings: {', '.join(unknown)}: unknown setting (see README, Configuration)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -202,8 +301,9 @@ def load_settings(**overrides: Any) -> Settings:
             if not err["loc"]:  # a rule across several settings: its message names them
                 lines.append(msg.removeprefix("Value error, "))
                 continue
+            msg = msg.removeprefix("Value error, ")
             lines.append(f"{_key_name(tuple(err['loc']))}: {msg} (got {err.get('input')!r})")
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None
 
 
 @functools.cache

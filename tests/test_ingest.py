@@ -265,3 +265,22 @@ def test_settings_from_toml_and_unknown_keys(tmp_path: Path, monkeypatch: pytest
     cfg.write_text("[edit]\nstepz = 7\n")
     with pytest.raises(ConfigError, match=r"edit\.stepz .*unknown setting"):
         load_settings()
+    cfg.write_text("")
+    # names are checked against the registries at start-up, not by the first job that uses them
+    for var, value, message in [
+        ("SYNTHPIPE_EDIT__SCHEDULER", "bogus", r"edit\.scheduler \(SYNTHPIPE_EDIT__SCHEDULER\): unknown .*euler_ancestral"),
+        ("SYNTHPIPE_EDIT__BACKEND_TRYON", "bogus", r"edit\.backend_tryon .*allowed: instruct-pix2pix"),
+        ("SYNTHPIPE_VL__BACKEND", "llava", r"vl\.backend .*allowed: qwen"),
+        ("SYNTHPIPE_VL__DEVICE", "gpu", r"vl\.device .*cuda:N"),
+        ("SYNTHPIPE_EDIT__DEVICE", "cuda:x", r"edit\.device"),
+        ("SYNTHPIPE_VL__PROMPT_VERSION", "v9", r"vl\.prompt_version .*have: v1"),
+        ("SYNTHPIPE_DATABSE_URL", "postgresql://x", r"SYNTHPIPE_DATABSE_URL: unknown setting"),
+    ]:
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            with pytest.raises(ConfigError, match=message) as info:
+                load_settings()
+            assert "\n" not in str(info.value)
+    monkeypatch.setenv("SYNTHPIPE_EDIT__DEVICE", "cuda:1")
+    monkeypatch.setenv("SYNTHPIPE_TEST_ANYTHING", "1")  # test and benchmark hooks are not settings
+    assert load_settings().edit.device == "cuda:1"

@@ -119,14 +119,25 @@ def test_custom_keyword_file_is_used_and_validated(photos: dict[str, Path], tmp_
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from common.errors import ConfigError
     from common.keywords import load_keywords
-    from common.settings import reset_settings
+    from common.settings import get_settings, reset_settings
 
     kw = tmp_path / "kw.yaml"
-    kw.write_text("context:\n  occasion: [gala]\n  mood: [calm]\nenrich:\n  background: [moon]\n")
+    kw.write_text("context:\n  occasion: [gala]\n  season: [winter]\n  setting: [ballroom]\n  lighting: [candle]\n"
+                  "  style: [baroque]\n  mood: [calm]\n"
+                  "enrich:\n  background: [moon]\n  lighting: [starlight]\n  art_style: [etching]\n"
+                  "  camera_angle: [top down]\n")
     monkeypatch.setenv("SYNTHPIPE_PAIRING__KEYWORDS_FILE", str(kw))
     reset_settings()
     _pair("tryon", limit=2, seed=0)
-    assert all(s.keywords == {"occasion": "gala", "mood": "calm"} for s in _sets("tryon"))
+    assert all(s.keywords == {"occasion": "gala", "season": "winter", "setting": "ballroom", "lighting": "candle",
+                              "style": "baroque", "mood": "calm"} for s in _sets("tryon"))
+    # a file without an axis the prompt needs is refused at start-up, not by every vl job later
+    short = tmp_path / "short.yaml"
+    short.write_text("context:\n  occasion: [gala]\n  mood: [calm]\nenrich:\n  background: [moon]\n")
+    monkeypatch.setenv("SYNTHPIPE_PAIRING__KEYWORDS_FILE", str(short))
+    reset_settings()
+    with pytest.raises(ConfigError, match=r"PAIRING__KEYWORDS_FILE.*'lighting', 'season', 'setting', 'style'.*tryon\.v1"):
+        get_settings()
     bad = tmp_path / "bad.yaml"
     bad.write_text("context:\n  occasion: [gala]\nenrich:\n  background: [moon]\nextra: 1\n")
     load_keywords.cache_clear()

@@ -158,3 +158,32 @@ def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
             assert job.result and job.result["reason"].startswith(("feasibility", "confidence"))
     assert counts(get_database())["edit"]["queued"] == 0
     assert len(_analyses()) == 2  # skipped analyses are kept for inspection
+
+
+def test_a_misconfigured_runner_gives_the_jobs_back_uncharged(tiny: None, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA device on a machine without one is the runner's fault, not the jobs': the run stops
+    with the reason, every job is queued again with the reason recorded and no attempt spent, and
+    the same run with the setting fixed finishes them."""
+    import torch
+
+    from common.db import get_database
+    from common.errors import ConfigError
+    from common.settings import reset_settings
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA, where device=cuda is a settings error")
+    _setup(tmp_path, persons=2, garments=2, characters=0, tryon=3)
+    monkeypatch.setenv("SYNTHPIPE_VL__DEVICE", "cuda")
+    reset_settings()
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        _run_vl(batch_size=2)
+    with get_database().session() as s:
+        jobs = s.scalars(select(Job).where(Job.stage == "vl")).all()
+        assert len(jobs) == 3 and {j.status for j in jobs} == {"queued"}
+        claimed = [j for j in jobs if j.attempts == 1]
+        assert len(claimed) == 2 and {j.max_attempts for j in claimed} == {4}
+        assert all(j.error_type == "ConfigError" and "CUDA" in (j.error_message or "") for j in claimed)
+    monkeypatch.delenv("SYNTHPIPE_VL__DEVICE")
+    reset_settings()
+    assert _run_vl(batch_size=2) == {"succeeded": 3}

@@ -17,6 +17,16 @@ BACKENDS: dict[str, str] = {
     "qwen-image-edit-plus": "worker_edit.backends.qwen_image_edit:QwenImageEditPlusBackend",
 }
 
+#: InstructPix2Pix scheduler name (``edit.scheduler``) -> diffusers class name.
+SCHEDULERS: dict[str, str] = {
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "dpmsolver_multistep": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+
 
 def get_backend(name: str, **kwargs: Any) -> Any:
     """Construct the backend registered as ``name`` with ``kwargs`` (weights are not loaded yet).
@@ -33,4 +43,4 @@ def get_backend(name: str, **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["BACKENDS", "get_backend"]
+__all__ = ["BACKENDS", "SCHEDULERS", "get_backend"]

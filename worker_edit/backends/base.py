@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from common.devices import resolve_device  # noqa: F401  (re-exported: the backends import it from here)
 from common.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -139,17 +140,6 @@ def array_to_image(array: np.ndarray) -> Image.Image:
 
 
 # --------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names pass through."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but no CUDA device is visible; use 'cpu' or 'auto'")
-    return device
 
 
 _DTYPE_NAMES = {

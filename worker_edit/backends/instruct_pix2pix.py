@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError
+from worker_edit.backends import SCHEDULERS
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,
@@ -32,14 +33,6 @@ from worker_edit.backends.base import (
 logger = logging.getLogger(__name__)
 
 #: Scheduler names accepted by ``scheduler=`` -> diffusers class name.
-SCHEDULERS: dict[str, str] = {
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "dpmsolver_multistep": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler",
-}
 
 #: Sides of InstructPix2Pix outputs are multiples of this (the SD VAE downsamples by 8).
 SIDE_MULTIPLE = 8

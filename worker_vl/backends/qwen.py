@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from common.devices import resolve_device
 from common.errors import ConfigError, InputError, TransientError
 from worker_vl.backends.base import VLItem, VLOutput
 
@@ -116,10 +117,7 @@ class QwenVLBackend:
         import transformers
 
         t0 = time.perf_counter()
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._torch_device = dev = torch.device(device)
+        self._torch_device = dev = torch.device(resolve_device(self.device))
         torch_dtype = getattr(torch, self.dtype) if self.dtype != "auto" else None
         torch_dtype = torch_dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
 
