@@ -422,3 +422,47 @@ def test_a_killed_workers_browser_is_reaped_by_the_next_one(tmp_path: Path) -> N
     assert _processes_naming(profile) == []
     assert not Path(profile).exists() and alive_profile.exists()
     assert reap_orphaned_browsers(str(tmp_path)) == 0
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_hosts_are_failures_with_a_reason_not_robots_blocks() -> None:
+    """A host that does not answer at all is a failed page or image with the reason, whether it
+    is a start URL or an image host; robots_blocked stays for real rules."""
+    from worker_scrape.crawler import Crawler
+
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    with SiteServer() as server:
+        server.routes["/"] = page(f'<img src="{dead}/img/x.jpg"><img src="/img/ok.png">')
+        server.routes["/img/ok.png"] = image()
+        yaml_text = SITE_YAML.format(start=server.url("/"), delay=0).replace(
+            f'["{server.url("/")}"]', f'["{server.url("/")}", "{dead}/"]')
+        category, site = parse_sites(yaml_text).site("test-shop")
+        registry = Registry()
+        with Crawler(CrawlConfig(user_agent=UA, settle_s=0.05, download_timeout_s=5)) as crawler:
+            report = crawler.crawl_site(site, category, on_image=registry)
+    pages = {f.url: f.reason for f in report.pages_failed}
+    assert pages[f"{dead}/"] == "host unreachable: connection refused"
+    assert [(f.url, f.reason) for f in report.images_failed] == [
+        (f"{dead}/img/x.jpg", "host unreachable: connection refused")]
+    assert report.robots_blocked == []
+    assert report.images_by_status == {"registered": 1}
+
+
+def test_connection_failures_get_short_reasons() -> None:
+    import requests
+
+    from worker_scrape.robots import connection_failure
+
+    dns = requests.ConnectionError("HTTPConnectionPool(host='shop.example'): Max retries exceeded "
+                                   "(Caused by NameResolutionError(\"Failed to resolve 'shop.example'\"))")
+    assert connection_failure(dns) == "DNS lookup failed"
+    assert connection_failure(requests.ConnectTimeout("slow")) == "timeout"
+    assert connection_failure(requests.ConnectionError("[Errno 111] Connection refused")) == "connection refused"
+    assert connection_failure(requests.ConnectionError("reset")) == "ConnectionError"

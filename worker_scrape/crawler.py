@@ -249,11 +249,19 @@ class _SiteCrawl:
         log.info("crawl %s/%s: %s", self.category, self.site.name, self.report.summary())
         return self.report
 
-    def _allowed_by_robots(self, url: str) -> bool:
+    def _allowed_by_robots(self, url: str, page_url: str | None = None) -> bool:
+        """True if robots.txt lets us fetch ``url``. A host that never answered is recorded as a
+        failure of the page (or, with ``page_url``, of the image) with the reason, not as blocked."""
         if self.c.robots.allowed(url, self.site.delay_s):
             return True
-        self.report.robots_blocked.append(url)
-        log.debug("robots.txt disallows %s", url)
+        unreachable = self.c.robots.unreachable_reason(url)
+        if unreachable is None:
+            self.report.robots_blocked.append(url)
+            log.debug("robots.txt disallows %s", url)
+        elif page_url is None:
+            self.report.pages_failed.append(PageFailure(url=url, reason=f"host {unreachable}"))
+        else:
+            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, reason=f"host {unreachable}"))
         return False
 
     def _visit(self, url: str, depth: int) -> None:
@@ -321,7 +329,7 @@ class _SiteCrawl:
             if role is None:
                 self.report.images_skipped_no_role += 1
                 continue
-            if not self._allowed_by_robots(url):
+            if not self._allowed_by_robots(url, page_url):
                 continue
             self._download(url, page_url, role)
 

@@ -121,7 +121,7 @@ class RobotsCache:
                 finally:
                     resp.close()
         except requests.RequestException as exc:
-            return self._unreachable(robots_url, f"{type(exc).__name__}")
+            return self._unreachable(robots_url, connection_failure(exc))
         if status in (401, 403):
             log.info("robots.txt %s: HTTP %d, host disallowed", robots_url, status)
             return RobotsEntry(status="forbidden", allow_all=False)
@@ -134,6 +134,11 @@ class RobotsCache:
         parser.parse(body.decode("utf-8", errors="replace").splitlines())
         return RobotsEntry(status="ok", parser=parser)
 
+    def unreachable_reason(self, url: str) -> str | None:
+        """Why ``url``'s host could not be asked for robots.txt (None if it answered)."""
+        status = self.entry(url).status
+        return status if status.startswith("unreachable") else None
+
     def _unreachable(self, robots_url: str, why: str) -> RobotsEntry:
         allow = self.on_unreachable == "allow"
         log.warning(
@@ -143,3 +148,18 @@ class RobotsCache:
             "crawled as unrestricted" if allow else "not crawled",
         )
         return RobotsEntry(status=f"unreachable: {why}", allow_all=allow)
+
+
+def connection_failure(exc: BaseException) -> str:
+    """A short reason for a request that got no HTTP answer: DNS, refused, timeout, TLS."""
+    text = str(exc)
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    if any(s in text for s in ("NameResolutionError", "Name or service not known", "nodename nor servname",
+                               "Temporary failure in name resolution", "No address associated")):
+        return "DNS lookup failed"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused"
+    return type(exc).__name__
