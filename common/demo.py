@@ -27,15 +27,17 @@ def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: i
     started = time.perf_counter()
     folder = folder.resolve()
     models = build_all(folder / "models")
-    env = {
-        "SYNTHPIPE_DATA_DIR": str(folder / "data"),
+    data = folder / "data"
+    env = {  # the demo always runs on the embedded defaults, whatever the environment or toml say
+        "SYNTHPIPE_DATA_DIR": str(data),
+        "SYNTHPIPE_DATABASE_URL": f"sqlite:///{data / 'synthpipe.db'}",
+        "SYNTHPIPE_STORAGE_URL": (data / "objects").as_uri(),
+        "SYNTHPIPE_BROKER_URL": "",
         "SYNTHPIPE_VL_MODEL": str(models["vl"]),
         "SYNTHPIPE_EDIT_MODEL": str(models["edit"]),
         "SYNTHPIPE_EDIT__PLUS_MODEL": str(models["edit-plus"]),
         **tiny_run_settings(),
     }
-    for key in ("SYNTHPIPE_DATABASE_URL", "SYNTHPIPE_STORAGE_URL", "SYNTHPIPE_BROKER_URL"):
-        os.environ.pop(key, None)  # the demo always runs on the embedded defaults
     os.environ.update(env)
     reset_settings()
     reset_databases()

@@ -189,3 +189,35 @@ def test_black_output_is_a_recorded_failure_not_a_dataset_row(tiny: dict[str, Pa
     summary = json.loads(report.summary_path.read_text())
     assert summary["failures"] == [{"stage": "edit", "error_type": "ModelOutputError",
                                     "reason": "all-black output", "count": 2}]
+
+
+def test_demo_command_runs_end_to_end_on_its_own_defaults_and_reruns_cleanly(tmp_path: Path) -> None:
+    """`synthpipe demo`, the README's first command, through the CLI: a synthpipe.toml in the
+    working directory naming another database, storage and broker must not pull it elsewhere."""
+    import os
+    import sys
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    (work / "synthpipe.toml").write_text(
+        f'database_url = "sqlite:///{elsewhere}/other.db"\nstorage_url = "{elsewhere.as_uri()}/objects"\n'
+        'broker_url = "redis://127.0.0.1:1/0"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHPIPE_")}
+
+    def demo() -> dict:  # type: ignore[type-arg]
+        out = subprocess.run([sys.executable, "-m", "common.cli", "demo", "--dir", str(tmp_path / "demo"),
+                              "--persons", "1", "--garments", "2", "--characters", "1", "--json"],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout)
+
+    first = demo()
+    assert first["jobs"]["vl"].get("running", 0) == 0 and first["jobs"]["edit"].get("running", 0) == 0
+    assert first["rows"] == first["jobs"]["edit"].get("succeeded", 0) >= 1
+    dataset = Path(first["dataset"])
+    assert (dataset / "train" / "metadata.jsonl").is_file() and Path(first["contact_sheet"]).is_file()
+    assert len((dataset / "train" / "metadata.jsonl").read_text().splitlines()) == first["rows"]
+    assert not elsewhere.exists(), "the demo used the toml's database or storage"
+    second = demo()  # a rerun adds nothing and loses nothing
+    assert second["rows"] == first["rows"] and second["jobs"] == first["jobs"]
