@@ -12,6 +12,7 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+[[ -x .venv/bin/python ]] || python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
 if ((services)); then
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v pg_ctlcluster >/dev/null || need+=(postgresql)
@@ -45,10 +46,19 @@ if ((services)); then
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
+quiet() { { grep -v "is ignored" || true; }; }  # drop pip's notes on absent local indexes; keep its exit status
+.venv/bin/pip install -q --upgrade pip 2>&1 | quiet
 # CPU torch first: an unpinned torch pulled in by a later requirement would fetch a CUDA build.
-.venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import torch" 
-.venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -c "import common, transformers, diffusers, celery, selenium" 
+# A local wheel (find-links) is used when there is one; otherwise PyTorch's CPU index
+# (TORCH_INDEX_URL to use another, e.g. https://download.pytorch.org/whl/cu126 for CUDA).
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if ! .venv/bin/pip install -q --no-index "torch==2.13.0" 2>&1 | quiet; then
+    .venv/bin/pip install -q --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
+      --extra-index-url https://pypi.org/simple "torch==2.13.0" 2>&1 | quiet
+  fi
+fi
+.venv/bin/python -c "import torch"
+.venv/bin/pip install -q -e ".[dev]" 2>&1 | quiet
+.venv/bin/python -c "import common, transformers, diffusers, celery, selenium, xgrammar, datasets, pytest"
+.venv/bin/ruff --version >/dev/null && .venv/bin/mypy --version >/dev/null
 echo "installed: $(.venv/bin/synthpipe --help | head -1)"
