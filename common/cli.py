@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from common.errors import ConfigError, InputError, SynthpipeError
 
@@ -97,8 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line naming the fix; ``--help`` still prints the full usage.
+    Subcommand parsers are made of the same class, so they do the same."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="synthpipe",
         description="Make (source image, instruction, edited image) training data: crawl or ingest "
         "photos, analyse them with a vision-language model, edit them with a diffusion model, export.",

@@ -235,9 +235,13 @@ def test_cli_ingest_json_status_and_usage_errors(tmp_path: Path) -> None:
     assert missing.returncode != 0 and "no such file or folder" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     bad_role = _cli("ingest", str(folder), "--role", "hat")
-    assert bad_role.returncode != 0 and "invalid choice" in bad_role.stderr
-    bad_cfg = _cli("status", env={"SYNTHPIPE_JOBS__MAX_ATTEMPTS": "0"})
-    assert bad_cfg.returncode != 0 and "jobs.max_attempts (SYNTHPIPE_JOBS__MAX_ATTEMPTS)" in bad_cfg.stderr
+    assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+    assert bad_role.stderr.strip().splitlines() == [bad_role.stderr.strip()]
+    assert "synthpipe ingest --help" in bad_role.stderr
+    bad_cfg = _cli("status", env={"SYNTHPIPE_JOBS__MAX_ATTEMPTS": "0", "SYNTHPIPE_EDIT__STEPS": "0"})
+    assert bad_cfg.returncode == 2 and "jobs.max_attempts (SYNTHPIPE_JOBS__MAX_ATTEMPTS)" in bad_cfg.stderr
+    assert "edit.steps (SYNTHPIPE_EDIT__STEPS)" in bad_cfg.stderr
+    assert len(bad_cfg.stderr.strip().splitlines()) == 1
 
 
 def test_help_is_fast_and_imports_no_heavy_library() -> None:
