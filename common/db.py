@@ -92,8 +92,10 @@ class Database:
             "current schema: run `synthpipe db upgrade`"
         )
 
-    def dispose(self) -> None:
-        self.engine.dispose()
+    def dispose(self, close: bool = True) -> None:
+        """Drop pooled connections; ``close=False`` in a forked child, whose inherited connections
+        belong to the parent: closing them would end the parent's sessions on those sockets."""
+        self.engine.dispose(close=close)
 
 
 def alembic_config(db: Database):  # -> alembic.config.Config
@@ -159,10 +161,10 @@ def get_database(url: str | None = None, *, ensure: bool = True) -> Database:
     return db
 
 
-def reset_databases() -> None:
-    """Dispose every cached engine (tests, and in a child after a fork)."""
+def reset_databases(close: bool = True) -> None:
+    """Dispose every cached engine (tests; and with ``close=False`` in a child after a fork)."""
     for db in _DATABASES.values():
-        db.dispose()
+        db.dispose(close=close)
     _DATABASES.clear()
 
 

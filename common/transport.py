@@ -124,11 +124,12 @@ def worker_context():  # -> StageContext
 
 
 def reset_worker_context() -> None:
-    """Forget the context (in a child after fork: engines must not be shared across processes)."""
+    """Forget the context in a child after fork: it makes its own engines, and leaves the
+    connections it inherited to the parent (whose sweeper may be using them)."""
     from common.db import reset_databases
 
     _CONTEXT.clear()
-    reset_databases()
+    reset_databases(close=False)
 
 
 def run_job(stage: str, job_id: int) -> dict[str, Any]:

@@ -230,6 +230,22 @@ def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster
     _one_analysis_per_job(cluster)
 
 
+def test_prefork_pool_children_load_their_own_model_and_finish_each_job_once(cluster: Cluster) -> None:
+    """`--concurrency 2` (prefork): children fork from a parent that holds no model and no
+    database connection of theirs; each job runs once and is recorded by a child."""
+    _photos(cluster)
+    cluster.cli("pair", "--recipe", "tryon", "--limit", "5", "--seed", "5")
+    parent = cluster.worker("vl", "--concurrency", "2")
+    counts = cluster.wait_done("vl", 5)
+    assert counts.get("succeeded", 0) + counts.get("skipped", 0) == 5, counts
+    _one_analysis_per_job(cluster)
+    with cluster.engine.connect() as c:
+        workers = {w for (w,) in c.execute(select(Job.worker).where(Job.stage == "vl"))}
+    pids = {int(w.rsplit(":", 1)[1]) for w in workers if w}
+    assert pids and parent.pid not in pids, f"the parent ran jobs itself: {workers}"
+    assert parent.poll() is None, cluster.logs()
+
+
 def test_poison_job_ends_dead_while_others_finish(cluster: Cluster) -> None:
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "3", "--seed", "3")
