@@ -263,3 +263,23 @@ def test_sampling_is_seeded_and_still_valid(tiny_path: Path) -> None:
         assert out.error is None, out.error
         Analysis.model_validate_json(out.raw_text)
     sampler.unload()
+
+
+@pytest.mark.parametrize("architecture", ["qwen2_vl", "qwen3_vl"])
+def test_qwen2_vl_and_qwen3_vl_run_through_the_same_backend(architecture: str,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Other Qwen-VL generations load by model path alone and give schema-valid JSON batches."""
+    from worker_vl.tiny import build_tiny_vl
+
+    path = build_tiny_vl(tmp_path_factory.mktemp(architecture) / "vl", architecture=architecture)
+    b = get_backend("qwen", model=str(path), max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
+    b.load()
+    try:
+        assert type(b.model).__name__.lower().startswith(architecture.replace("_", ""))
+        outputs = b.run_batch([_item(0), _item(1)])
+    finally:
+        b.unload()
+    assert len(outputs) == 2
+    for out in outputs:
+        assert out.error is None, out.error
+        Analysis.model_validate_json(out.raw_text)

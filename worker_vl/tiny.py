@@ -21,17 +21,25 @@ TINY_MIN_PIXELS = 56 * 56
 TINY_MAX_PIXELS = 224 * 224
 
 
-def build_tiny_vl(out_dir: str | Path) -> Path:
-    """Write a tiny random Qwen2.5-VL checkpoint to ``out_dir`` and return that path.
+ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
-    Weights are drawn with a fixed seed, so two builds give the same model.
+
+def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path:
+    """Write a tiny random Qwen-VL checkpoint to ``out_dir`` and return that path.
+
+    ``architecture`` is Qwen2.5-VL (the default model's), Qwen2-VL or Qwen3-VL: the backend
+    loads all three through the same code. Weights are drawn with a fixed seed, so two builds
+    give the same model.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers
+    from transformers import GenerationConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from common.tinytok import QWEN_VL_CHAT_TEMPLATE, build_qwen_tokenizer
 
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture!r}: allowed {', '.join(ARCHITECTURES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_qwen_tokenizer(out)
@@ -51,47 +59,72 @@ def build_tiny_vl(out_dir: str | Path) -> Path:
 
     hidden, heads = 64, 4
     head_dim = hidden // heads  # 16 -> mrope_section must sum to 8
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": hidden,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1_000_000.0,
-                "mrope_section": [2, 3, 3],
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": rope,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    special = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    patch = 14
+    if architecture == "qwen2_5_vl":
+        config: Any = transformers.Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": patch,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 56,
+                "out_hidden_size": hidden,
+                "fullatt_block_indexes": [1],
             },
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "out_hidden_size": hidden,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+            tie_word_embeddings=False,
+            **special,
+        )
+        model_cls: Any = transformers.Qwen2_5_VLForConditionalGeneration
+    elif architecture == "qwen2_vl":
+        config = transformers.Qwen2VLConfig(
+            text_config=text,
+            vision_config={"depth": 2, "embed_dim": 32, "hidden_size": hidden, "num_heads": 2, "patch_size": patch,
+                           "spatial_merge_size": 2, "temporal_patch_size": 2, "mlp_ratio": 2},
+            tie_word_embeddings=False,
+            **special,
+        )
+        model_cls = transformers.Qwen2VLForConditionalGeneration
+    else:  # Qwen3-VL: 16 px patches, interleaved M-RoPE, deepstack features from the vision tower
+        patch = 16
+        config = transformers.Qwen3VLConfig(
+            text_config={**text, "head_dim": head_dim, "rope_parameters": {**rope, "mrope_interleaved": True}},
+            vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                           "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                           "out_hidden_size": hidden, "deepstack_visual_indexes": [0],
+                           "num_position_embeddings": 64},
+            tie_word_embeddings=False,
+            **special,
+        )
+        model_cls = transformers.Qwen3VLForConditionalGeneration
     text_config: Any = config.text_config
     assert sum(text_config.rope_parameters["mrope_section"]) == head_dim // 2
 
     torch.manual_seed(TINY_SEED)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -100,10 +133,11 @@ def build_tiny_vl(out_dir: str | Path) -> Path:
     )
     model.save_pretrained(str(out))
 
+    scale = (patch / 14) ** 2  # the same number of patches whatever the patch size
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=TINY_MIN_PIXELS,
-        max_pixels=TINY_MAX_PIXELS,
-        patch_size=14,
+        min_pixels=int(TINY_MIN_PIXELS * scale),
+        max_pixels=int(TINY_MAX_PIXELS * scale),
+        patch_size=patch,
         temporal_patch_size=2,
         merge_size=2,
     )
@@ -113,5 +147,5 @@ def build_tiny_vl(out_dir: str | Path) -> Path:
     (out / "chat_template.json").write_text(
         json.dumps({"chat_template": QWEN_VL_CHAT_TEMPLATE}, indent=2), encoding="utf-8"
     )
-    logger.info("built tiny Qwen2.5-VL checkpoint at %s", out)
+    logger.info("built tiny %s checkpoint at %s", architecture, out)
     return out
