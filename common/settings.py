@@ -217,6 +217,11 @@ class Settings(BaseSettings):
         if plus in (self.edit.backend, self.edit.backend_tryon) and self.pairing.max_garments > 2:
             raise ValueError(f"edit backend {plus} takes at most 2 garment photos besides the person: "
                              "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
+        from worker_edit.backends import MIN_STEPS
+
+        if self.edit.steps < MIN_STEPS.get(self.edit.scheduler, 1):
+            raise ValueError(f"edit.steps (SYNTHPIPE_EDIT__STEPS) must be at least {MIN_STEPS[self.edit.scheduler]} "
+                             f"with edit.scheduler {self.edit.scheduler}")
         if self.vl.min_pixels > self.vl.max_pixels:
             raise ValueError("vl.min_pixels must not exceed vl.max_pixels")
         self._keywords_fill_the_prompts()

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from common.errors import ConfigError  # noqa: E402
-from worker_edit.backends import BACKENDS, get_backend  # noqa: E402
+from worker_edit.backends import BACKENDS, MIN_STEPS, SCHEDULERS, get_backend  # noqa: E402
 from worker_edit.backends.base import (  # noqa: E402
     ERROR_BLACK,
     ERROR_NAN,
@@ -140,6 +140,24 @@ def test_p2p_loads_once_and_reports_params(p2p, tiny_dirs) -> None:
     assert (params["steps"], params["scheduler"], params["max_side"]) == (P2P_STEPS, "euler_ancestral", 128)
     assert (params["device"], params["dtype"]) == ("cpu", "float32")
     json.dumps(params)  # provenance must serialise
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_every_scheduler_setting_loads_and_edits(scheduler: str, tiny_dirs) -> None:
+    backend = get_backend("instruct-pix2pix", model=str(tiny_dirs["p2p"]), steps=MIN_STEPS.get(scheduler, 2),
+                          max_side=64, scheduler=scheduler)
+    backend.load()
+    try:
+        assert type(backend.pipe.scheduler).__name__ == SCHEDULERS[scheduler]
+        (out,) = backend.run_batch([_item("a", _image(1, 64, 64), seed=3)])
+    finally:
+        backend.unload()
+    assert out.error is None and out.image is not None and out.image.size == (64, 64)
+    assert backend.params()["scheduler"] == scheduler
+    if scheduler in MIN_STEPS:  # fewer steps crash inside diffusers: refused up front
+        with pytest.raises(ConfigError, match=f"steps must be >= {MIN_STEPS[scheduler]}"):
+            get_backend("instruct-pix2pix", model=str(tiny_dirs["p2p"]), steps=MIN_STEPS[scheduler] - 1,
+                        scheduler=scheduler)
 
 
 def test_p2p_batch_shapes_order_and_batch_invariance(p2p) -> None:

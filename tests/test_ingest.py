@@ -285,6 +285,11 @@ def test_settings_from_toml_and_unknown_keys(tmp_path: Path, monkeypatch: pytest
             with pytest.raises(ConfigError, match=message) as info:
                 load_settings()
             assert "\n" not in str(info.value)
+    with monkeypatch.context() as m:
+        m.setenv("SYNTHPIPE_EDIT__SCHEDULER", "pndm")
+        m.setenv("SYNTHPIPE_EDIT__STEPS", "3")
+        with pytest.raises(ConfigError, match=r"edit\.steps .*at least 4 with edit\.scheduler pndm"):
+            load_settings()
     monkeypatch.setenv("SYNTHPIPE_EDIT__DEVICE", "cuda:1")
     monkeypatch.setenv("SYNTHPIPE_TEST_ANYTHING", "1")  # test and benchmark hooks are not settings
     assert load_settings().edit.device == "cuda:1"

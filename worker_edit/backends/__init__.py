@@ -26,6 +26,8 @@ SCHEDULERS: dict[str, str] = {
     "dpmsolver_multistep": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
 }
+#: Fewest steps a scheduler can run (PNDM's linear multistep needs four past steps).
+MIN_STEPS: dict[str, int] = {"pndm": 4}
 
 
 def get_backend(name: str, **kwargs: Any) -> Any:
@@ -43,4 +45,4 @@ def get_backend(name: str, **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-__all__ = ["BACKENDS", "SCHEDULERS", "get_backend"]
+__all__ = ["BACKENDS", "MIN_STEPS", "SCHEDULERS", "get_backend"]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError
-from worker_edit.backends import SCHEDULERS
+from worker_edit.backends import MIN_STEPS, SCHEDULERS
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,
@@ -63,8 +63,8 @@ class InstructPix2PixBackend(PipelineBackend):
         if scheduler not in SCHEDULERS:
             allowed = ", ".join(SCHEDULERS)
             raise ConfigError(f"scheduler {scheduler!r} is not supported; allowed: {allowed}")
-        if steps < 1:
-            raise ConfigError(f"steps must be >= 1 (got {steps})")
+        if steps < MIN_STEPS.get(scheduler, 1):
+            raise ConfigError(f"steps must be >= {MIN_STEPS.get(scheduler, 1)} with scheduler {scheduler} (got {steps})")
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1 (got {max_batch})")
         if max_side < SIDE_MULTIPLE:
