@@ -60,8 +60,12 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
         "SYNTHPIPE_EDIT__PLUS_MODEL": str(written["edit-plus"]),
         **tiny_run_settings(),
     }
-    human = "\n".join(f"export {k}={v}" for k, v in env.items())
-    _emit(args, {"paths": {k: str(v) for k, v in written.items()}, "settings": env}, human)
+    plus = {"SYNTHPIPE_EDIT__BACKEND_TRYON": "qwen-image-edit-plus", "SYNTHPIPE_PAIRING__MAX_GARMENTS": "2"}
+    human = "\n".join([*(f"export {k}={v}" for k, v in env.items()),
+                       "# to edit try-on sets with the multi-image editor (person + garment photos):",
+                       *(f"# export {k}={v}" for k, v in plus.items())])
+    _emit(args, {"paths": {k: str(v) for k, v in written.items()}, "settings": env,
+                 "multi_image_settings": plus}, human)
     return 0
 
 

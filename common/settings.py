@@ -52,39 +52,39 @@ class Section(BaseModel):
 class JobSettings(Section):
     lease_s: float = Field(600.0, gt=0, description="how long a claimed job is held before it returns to the queue")
     max_attempts: int = Field(3, ge=1, description="attempts before a job ends in dead")
-    backoff_base_s: float = Field(5.0, ge=0)
-    backoff_max_s: float = Field(600.0, ge=0)
+    backoff_base_s: float = Field(5.0, ge=0, description="first retry delay; doubles each attempt")
+    backoff_max_s: float = Field(600.0, ge=0, description="longest retry delay")
 
 
 class ImageSettings(Section):
-    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
-    max_bytes: int = Field(25_000_000, gt=0)
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = Field(["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"], description="formats the safe loader accepts")
+    max_bytes: int = Field(25_000_000, gt=0, description="files larger than this are refused unread")
     max_pixels: int = Field(40_000_000, gt=0, description="refused before decoding above this")
-    min_side: int = Field(64, ge=1)
-    animated: Literal["reject", "first_frame"] = "reject"
+    min_side: int = Field(64, ge=1, description="images with a shorter side are refused")
+    animated: Literal["reject", "first_frame"] = Field("reject", description="reject animated images, or use their first frame")
 
 
 class PairingSettings(Section):
-    keywords_file: Path | None = None
-    enrich_variations: int = Field(5, ge=1, le=50)
-    max_garments: int = Field(3, ge=1, le=3)
+    keywords_file: Path | None = Field(None, description="YAML of keyword axes (default: the shipped common/data/keywords.yaml)")
+    enrich_variations: int = Field(5, ge=1, le=50, description="variations per character photo")
+    max_garments: int = Field(3, ge=1, le=3, description="most garment photos in one try-on set")
     auto_pair: bool = Field(True, description="pair new crawled person/garment assets automatically")
 
 
 class VLSettings(Section):
-    backend: str = "qwen"
-    batch_size: int = Field(4, ge=1)
-    device: str = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    quantization: Literal["none", "4bit", "8bit"] = "none"
-    min_pixels: int = Field(128 * 28 * 28, gt=0)
-    max_pixels: int = Field(768 * 28 * 28, gt=0)
-    max_new_tokens: int = Field(1024, gt=0)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    prompt_version: str = "v1"
-    min_confidence: float = Field(0.0, ge=0, le=1)
-    min_feasibility: Literal["low", "medium", "high"] = "low"
+    backend: str = Field("qwen", description="VL backend name")
+    batch_size: int = Field(4, ge=1, description="item sets per generate call")
+    device: str = Field("auto", description="device the model runs on")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
+    quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes 4/8-bit loading (CUDA)")
+    min_pixels: int = Field(128 * 28 * 28, gt=0, description="lower pixel budget per image for the vision tower")
+    max_pixels: int = Field(768 * 28 * 28, gt=0, description="upper pixel budget per image for the vision tower")
+    max_new_tokens: int = Field(1024, gt=0, description="token budget of one analysis")
+    temperature: float = Field(0.0, ge=0, description="0 is greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling when temperature > 0")
+    prompt_version: str = Field("v1", description="prompt template version (worker_vl/prompts/<recipe>.<version>.yaml)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="analyses below this confidence are skipped, not edited")
+    min_feasibility: Literal["low", "medium", "high"] = Field("low", description="analyses below this feasibility are skipped, not edited")
 
     @field_validator("backend")
     @classmethod
@@ -111,21 +111,21 @@ class VLSettings(Section):
 
 
 class EditSettings(Section):
-    backend: str = "instruct-pix2pix"
+    backend: str = Field("instruct-pix2pix", description="edit backend for both recipes unless backend_tryon/backend_enrich say otherwise")
     backend_tryon: str | None = Field(None, description="backend for the tryon recipe (default: backend)")
     backend_enrich: str | None = Field(None, description="backend for the enrich recipe (default: backend)")
-    plus_model: str = "Qwen/Qwen-Image-Edit-2509"
+    plus_model: str = Field("Qwen/Qwen-Image-Edit-2509", description="checkpoint of the multi-image editor")
     plus_steps: int = Field(40, ge=1, description="steps for the multi-image editor")
     plus_guidance_scale: float = Field(4.0, ge=0, description="true CFG scale for the multi-image editor")
-    batch_size: int = Field(4, ge=1)
-    device: str = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.5, ge=0)
-    image_guidance_scale: float = Field(1.5, ge=0)
-    scheduler: str = "euler_ancestral"
-    max_side: int = Field(512, ge=64)
-    negative_prompt: str | None = None
+    batch_size: int = Field(4, ge=1, description="edits per pipeline call")
+    device: str = Field("auto", description="device the model runs on")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
+    steps: int = Field(20, ge=1, description="denoising steps (InstructPix2Pix)")
+    guidance_scale: float = Field(7.5, ge=0, description="text guidance (InstructPix2Pix)")
+    image_guidance_scale: float = Field(1.5, ge=0, description="image guidance (InstructPix2Pix)")
+    scheduler: str = Field("euler_ancestral", description="InstructPix2Pix scheduler")
+    max_side: int = Field(512, ge=64, description="longest output side in pixels (multiple of 8)")
+    negative_prompt: str | None = Field(None, description="negative prompt for every edit")
 
     @field_validator("backend", "backend_tryon", "backend_enrich")
     @classmethod
@@ -148,15 +148,15 @@ class EditSettings(Section):
 
 
 class ScrapeSettings(Section):
-    user_agent: str = "synthpipe-crawler/0.1 (+https://github.com/synthpipe/synthpipe)"
-    page_timeout_s: float = Field(30.0, gt=0)
-    download_timeout_s: float = Field(30.0, gt=0)
-    max_image_bytes: int = Field(20_000_000, gt=0)
+    user_agent: str = Field("synthpipe-crawler/0.1 (+https://github.com/synthpipe/synthpipe)", description="User-Agent of pages, images and robots.txt requests")
+    page_timeout_s: float = Field(30.0, gt=0, description="a page that takes longer fails with reason timeout")
+    download_timeout_s: float = Field(30.0, gt=0, description="timeout of one image download")
+    max_image_bytes: int = Field(20_000_000, gt=0, description="larger downloads are cut off and refused")
     phash_threshold: int = Field(4, ge=0, le=64, description="Hamming distance that counts as a near duplicate")
     colour_tolerance: int = Field(24, ge=0, le=255, description="and the largest colour difference (0-255)")
     settle_s: float = Field(0.5, ge=0, description="wait after load for scripts and lazy images")
-    chromium_path: Path = Path("/usr/bin/chromium")
-    chromedriver_path: Path = Path("/usr/bin/chromedriver")
+    chromium_path: Path = Field(Path("/usr/bin/chromium"), description="Chromium binary")
+    chromedriver_path: Path = Field(Path("/usr/bin/chromedriver"), description="chromedriver binary")
 
 
 class CelerySettings(Section):
@@ -168,8 +168,8 @@ class CelerySettings(Section):
 
 
 class FlowerSettings(Section):
-    port: int = Field(5555, ge=1, le=65535)
-    address: str = "127.0.0.1"
+    port: int = Field(5555, ge=1, le=65535, description="Flower's port")
+    address: str = Field("127.0.0.1", description="Flower's bind address")
     basic_auth: str | None = Field(None, description="user:password")
 
 
@@ -183,13 +183,13 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data_dir: Path = Path("synthpipe-data")
-    database_url: str | None = None
-    storage_url: str | None = None
-    broker_url: str | None = None
-    vl_model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    edit_model: str = "timbrooks/instruct-pix2pix"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path = Field(Path("synthpipe-data"), description="where the embedded defaults (SQLite file, objects) live")
+    database_url: str | None = Field(None, description="any SQLAlchemy URL (default: SQLite under data_dir); postgresql+psycopg://… for distributed mode")
+    storage_url: str | None = Field(None, description="any fsspec URL (default: data_dir/objects); s3://bucket/prefix needs the s3 extra")
+    broker_url: str | None = Field(None, description="setting it (redis://…) turns distributed mode on")
+    vl_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id or local directory of the Qwen-VL checkpoint")
+    edit_model: str = Field("timbrooks/instruct-pix2pix", description="hub id or local directory of the InstructPix2Pix checkpoint")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level of every command")
 
     jobs: JobSettings = JobSettings()
     images: ImageSettings = ImageSettings()

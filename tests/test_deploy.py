@@ -58,3 +58,10 @@ def test_dockerfile_copies_existing_paths() -> None:
         for part in line.split()[:-1]:  # the last word is the destination
             assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
     assert 'ENTRYPOINT ["synthpipe"]' in text
+
+
+def test_settings_reference_is_generated_from_the_current_settings() -> None:
+    from common.settings_doc import settings_reference
+
+    current = (Path(__file__).resolve().parents[1] / "docs" / "SETTINGS.md").read_text()
+    assert current == settings_reference(), "run: python -m common.settings_doc > docs/SETTINGS.md"

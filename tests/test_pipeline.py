@@ -221,3 +221,19 @@ def test_demo_command_runs_end_to_end_on_its_own_defaults_and_reruns_cleanly(tmp
     assert not elsewhere.exists(), "the demo used the toml's database or storage"
     second = demo()  # a rerun adds nothing and loses nothing
     assert second["rows"] == first["rows"] and second["jobs"] == first["jobs"]
+
+
+def test_models_tiny_prints_settings_that_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from common.settings import load_settings
+
+    out = subprocess.run([sys.executable, "-m", "common.cli", "models", "tiny", str(tmp_path / "m"), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert {"vl", "edit", "edit-plus"} <= set(got["paths"]) and all(Path(p).is_dir() for p in got["paths"].values())
+    for key, value in {**got["settings"], **got["multi_image_settings"]}.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings()
+    assert s.vl_model == got["paths"]["vl"] and s.edit.backend_tryon == "qwen-image-edit-plus"
