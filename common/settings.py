@@ -12,9 +12,17 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +45,10 @@ def _check_device(value: str) -> str:
     if not DEVICE_RE.fullmatch(value):
         raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
     return value
+
+
+#: a device name, checked when settings load (that the machine has it is checked at model load)
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 def _check_name(value: str, registry: Any, what: str) -> str:
@@ -74,7 +86,7 @@ class PairingSettings(Section):
 class VLSettings(Section):
     backend: str = Field("qwen", description="VL backend name")
     batch_size: int = Field(4, ge=1, description="item sets per generate call")
-    device: str = Field("auto", description="device the model runs on")
+    device: Device = Field("auto", description="device the model runs on")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes 4/8-bit loading (CUDA)")
     min_pixels: int = Field(128 * 28 * 28, gt=0, description="lower pixel budget per image for the vision tower")
@@ -92,11 +104,6 @@ class VLSettings(Section):
         from worker_vl.backends import BACKENDS  # a name registry: imports no model code
 
         return _check_name(value, BACKENDS, "VL backend")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return _check_device(value)
 
     @field_validator("prompt_version")
     @classmethod
@@ -118,7 +125,7 @@ class EditSettings(Section):
     plus_steps: int = Field(40, ge=1, description="steps for the multi-image editor")
     plus_guidance_scale: float = Field(4.0, ge=0, description="true CFG scale for the multi-image editor")
     batch_size: int = Field(4, ge=1, description="edits per pipeline call")
-    device: str = Field("auto", description="device the model runs on")
+    device: Device = Field("auto", description="device the model runs on")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
     steps: int = Field(20, ge=1, description="denoising steps (InstructPix2Pix)")
     guidance_scale: float = Field(7.5, ge=0, description="text guidance (InstructPix2Pix)")
@@ -140,11 +147,6 @@ class EditSettings(Section):
         from worker_edit.backends import SCHEDULERS
 
         return _check_name(value, SCHEDULERS, "InstructPix2Pix scheduler")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return _check_device(value)
 
 
 class ScrapeSettings(Section):
