@@ -49,12 +49,23 @@ fi
 quiet() { { grep -v "is ignored" || true; }; }  # drop pip's notes on absent local indexes; keep its exit status
 .venv/bin/pip install -q --upgrade pip 2>&1 | quiet
 # CPU torch first: an unpinned torch pulled in by a later requirement would fetch a CUDA build.
-# A local wheel (find-links) is used when there is one; otherwise PyTorch's CPU index
-# (TORCH_INDEX_URL to use another, e.g. https://download.pytorch.org/whl/cu126 for CUDA).
+# A CPU wheel in pip's find-links is taken as it is (2.13.0+cpu sorts above PyPI's 2.13.0);
+# otherwise it comes from PyTorch's CPU index (TORCH_INDEX_URL picks another, e.g.
+# https://download.pytorch.org/whl/cu126 for CUDA), with every other package from PyPI.
+torch_spec="torch==2.13.0"
+local_cpu_torch() {
+  local d dirs="${PIP_FIND_LINKS:-$(.venv/bin/pip config get global.find-links 2>/dev/null || true)}"
+  for d in $dirs; do compgen -G "${d#file://}/torch-2.13.0+cpu-*.whl" >/dev/null && return 0; done
+  return 1
+}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  if ! .venv/bin/pip install -q --no-index "torch==2.13.0" 2>&1 | quiet; then
-    .venv/bin/pip install -q --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
-      --extra-index-url https://pypi.org/simple "torch==2.13.0" 2>&1 | quiet
+  if [[ -z "${TORCH_INDEX_URL:-}" ]] && local_cpu_torch; then
+    .venv/bin/pip install -q "$torch_spec" 2>&1 | quiet
+  elif ! .venv/bin/pip install -q --timeout 60 --retries 2 \
+      --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
+      --extra-index-url https://pypi.org/simple "$torch_spec" 2>&1 | quiet; then
+    echo "warning: PyTorch's index cannot be reached; installing $torch_spec from the default index" >&2
+    .venv/bin/pip install -q "$torch_spec" 2>&1 | quiet
   fi
 fi
 .venv/bin/python -c "import torch"
