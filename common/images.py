@@ -161,6 +161,22 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+#: Widths of the disjoint bit bands a 64-bit hash is cut into for indexed near-duplicate search.
+#: Two hashes within ``len(PHASH_BANDS) - 1`` bits of each other agree exactly on at least one
+#: band (pigeonhole), so an indexed equality match on any band finds every candidate.
+PHASH_BANDS = (13, 13, 13, 13, 12)
+BANDED_MAX_DISTANCE = len(PHASH_BANDS) - 1
+
+
+def phash_bands(phash: str) -> tuple[int, ...]:
+    """The band values of a 16-hex-digit hash, most significant band first."""
+    value, out, shift = int(phash, 16), [], 64
+    for width in PHASH_BANDS:
+        shift -= width
+        out.append((value >> shift) & ((1 << width) - 1))
+    return tuple(out)
+
+
 def _frame_count(im: Image.Image) -> int:
     try:
         return int(getattr(im, "n_frames", 1))

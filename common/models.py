@@ -16,7 +16,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 STAGES = ("scrape", "vl", "edit")
 STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "dead")
@@ -41,6 +41,13 @@ class Asset(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     phash: Mapped[str] = mapped_column(String(16), index=True)
+    # phash cut into bands (common.images.PHASH_BANDS), each indexed: near-duplicate search
+    # looks up candidates that share a band instead of scanning every asset. Set from phash.
+    phash_b0: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b1: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b2: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b3: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b4: Mapped[int | None] = mapped_column(Integer, index=True)
     colour: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     format: Mapped[str] = mapped_column(String(16))
@@ -56,6 +63,14 @@ class Asset(Base):
     licence: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @validates("phash")
+    def _set_bands(self, _key: str, phash: str) -> str:
+        from common.images import phash_bands
+
+        for i, band in enumerate(phash_bands(phash)):
+            setattr(self, f"phash_b{i}", band)
+        return phash
 
 
 class ItemSet(Base):
