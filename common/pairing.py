@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common import jobs as jobstore
@@ -54,9 +55,15 @@ def create_item_set(
         return existing, False
     item = ItemSet(key=key, recipe=recipe, keywords=keywords, variation=variation, seed=seed)
     item.members = [ItemSetAsset(position=i, asset_id=a, role=r) for i, (a, r) in enumerate(members)]
-    with session.begin_nested():
-        session.add(item)
-        session.flush()
+    try:
+        with session.begin_nested():
+            session.add(item)
+            session.flush()
+    except IntegrityError:  # another process made the same set meanwhile: it exists, not an error
+        existing = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
+        if existing is None:
+            raise
+        return existing, False
     jobstore.enqueue(session, "vl", f"vl:{key}", {"item_set_id": item.id, "recipe": recipe},
                      item_set_id=item.id)
     return item.id, True
@@ -140,9 +147,12 @@ def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[in
     if persons:
         reports.append(pair_tryon(session, settings, limit=len(persons), seed=seed, persons=persons))
     if garments:
-        # Person photos stored before any garment existed are waiting for a set: they go first,
-        # so crawl order never leaves a person unpaired. Then the new garments join random sets.
-        waiting = _unpaired(session, "person")
+        # Person photos stored while there was no garment at all are waiting for a set: when the
+        # first garments arrive they go first, so crawl order never leaves a person unpaired.
+        # Then the new garments join random sets.
+        first_garments = not session.scalar(
+            select(exists().where(Asset.role == "garment", Asset.id.not_in(garments))))
+        waiting = _unpaired(session, "person") if first_garments else []
         if waiting:
             reports.append(pair_tryon(session, settings, limit=len(waiting), seed=seed + 1, persons=waiting))
         reports.append(pair_tryon(session, settings, limit=len(garments), seed=seed + 1))
@@ -153,9 +163,8 @@ def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[in
 
 def _unpaired(session: Session, role: str) -> list[int]:
     """Assets of ``role`` that are in no item set yet, oldest first."""
-    in_a_set = select(ItemSetAsset.asset_id)
-    return list(session.scalars(select(Asset.id).where(Asset.role == role, Asset.id.not_in(in_a_set))
-                                .order_by(Asset.id)))
+    in_a_set = exists().where(ItemSetAsset.asset_id == Asset.id)
+    return list(session.scalars(select(Asset.id).where(Asset.role == role, ~in_a_set).order_by(Asset.id)))
 
 
 def _ids(session: Session, role: str) -> list[int]:

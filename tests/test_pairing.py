@@ -179,3 +179,47 @@ def test_persons_stored_before_any_garment_are_paired_when_garments_arrive(tmp_p
         s.commit()
     paired = {m.asset_id for item in _sets("tryon") for m in item.members if m.role == "person"}
     assert paired == set(persons)
+    # once garments exist, persons left unpaired on purpose (ingest does not pair) stay so:
+    # a later garment does not sweep them all into sets
+    more = samples.write_samples(tmp_path / "more", persons=4, garments=1, characters=0, seed=6)
+    _ingest(more["person"], "person")
+    before = len(_sets("tryon"))
+    _ingest(more["garment"], "garment")
+    with db.session() as s:
+        new_garment = max(s.scalars(select(Asset.id).where(Asset.role == "garment")))
+        pair_new_assets(s, settings, [new_garment], seed=3)
+        s.commit()
+    assert len(_sets("tryon")) == before + 1
+
+
+@pytest.mark.postgres
+def test_a_set_made_by_another_process_meanwhile_is_not_an_error(pg_url: str) -> None:
+    """Two crawlers may draw the same set at once: the second insert waits for the first and then
+    finds the set made, instead of failing its whole crawl job."""
+    import threading
+    import time
+
+    from sqlalchemy.orm import Session
+
+    from common.db import Database
+    from common.pairing import create_item_set
+
+    db = Database(pg_url)
+    db.upgrade()
+    with db.session() as s:
+        person, garment = (Asset(sha256=f"{i:064x}", phash="0123456789abcdef", size_bytes=1, format="JPEG",
+                                 width=64, height=64, role=role, uri="memory://x")
+                           for i, role in ((1, "person"), (2, "garment")))
+        s.add_all([person, garment])
+        s.flush()
+        members = [(person.id, "person"), (garment.id, "garment")]
+    key = f"tryon:p{members[0][0]}:g{members[1][0]}"
+    first = Session(db.engine)
+    made, _ = create_item_set(first, recipe="tryon", key=key, members=members, keywords={}, variation=None,
+                              seed=1)  # flushed, not committed: the key is held
+    threading.Thread(target=lambda: (time.sleep(0.5), first.commit(), first.close()), daemon=True).start()
+    with db.session() as second:
+        got, created = create_item_set(second, recipe="tryon", key=key, members=members, keywords={},
+                                       variation=None, seed=1)
+    assert (got, created) == (made, False)
+    db.dispose()
