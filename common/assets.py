@@ -111,7 +111,9 @@ def find_near_duplicate(session: Session, phash: str, colour: str, threshold: in
     query = select(Asset.id, Asset.phash, Asset.colour).order_by(Asset.id)
     if use_bands and threshold <= BANDED_MAX_DISTANCE:
         bands = phash_bands(phash)
-        query = query.where(or_(*(getattr(Asset, f"phash_b{i}") == band for i, band in enumerate(bands))))
+        # rows without bands (stored by a worker older than migration 0003) are always candidates
+        query = query.where(or_(Asset.phash_b0.is_(None),
+                                *(getattr(Asset, f"phash_b{i}") == band for i, band in enumerate(bands))))
     for asset_id, stored_phash, stored_colour in session.execute(query):
         if hamming(phash, stored_phash) <= threshold and (
             stored_colour is None or colour_distance(colour, stored_colour) <= colour_tolerance

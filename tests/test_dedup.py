@@ -91,3 +91,35 @@ def test_thresholds_beyond_the_bands_still_work_by_full_scan(db: Database, thres
         s.execute(insert(Asset), [_asset_row(1, base)])
         assert find_near_duplicate(s, far, GREY, threshold, 24) is not None
         assert find_near_duplicate(s, far, GREY, threshold - 1, 24) is None
+
+
+def test_assets_stored_without_bands_are_still_found(db: Database) -> None:
+    """A worker started before migration 0003 may keep storing rows without bands for a while:
+    those rows are always candidates, so they are not invisible to the banded search."""
+    row = _asset_row(1, "fedcba9876543210")
+    row.update({f"phash_b{j}": None for j in range(len(PHASH_BANDS))})
+    with db.session() as s:
+        s.execute(insert(Asset), [row])
+        probe = _flip("fedcba9876543210", 2, random.Random(4))
+        assert find_near_duplicate(s, probe, GREY, 4, 24) is not None
+
+
+def test_migrations_go_down_and_up_with_assets_in_item_sets(db: Database) -> None:
+    """SQLite alters a table by rebuilding it; with item sets referencing assets that must not
+    trip the foreign keys, and nothing may be lost on the way down and up."""
+    from common.pairing import create_item_set
+
+    with db.session() as s:
+        s.execute(insert(Asset), [_asset_row(i, f"{i:016x}") for i in (1, 2)])
+        a, b = s.scalars(select(Asset.id).order_by(Asset.id))
+        create_item_set(s, recipe="tryon", key="tryon:test", members=[(a, "person"), (b, "garment")],
+                        keywords={}, variation=None, seed=1)
+    db.downgrade("0001")
+    db.upgrade()
+    with db.session() as s:
+        assert s.scalar(text("SELECT count(*) FROM item_set_assets")) == 2
+        assert [x.phash_b4 for x in s.scalars(select(Asset).order_by(Asset.id))] == [
+            phash_bands(f"{i:016x}")[4] for i in (1, 2)]
+    if db.engine.dialect.name == "sqlite":
+        with db.engine.connect() as conn:  # the pragma is back on for the connections that follow
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
