@@ -221,7 +221,9 @@ class Settings(BaseSettings):
                              "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
         from worker_edit.backends import MIN_STEPS
 
-        if self.edit.steps < MIN_STEPS.get(self.edit.scheduler, 1):
+        used = {self.edit.backend_tryon or self.edit.backend, self.edit.backend_enrich or self.edit.backend}
+        p2p_used = "instruct-pix2pix" in used
+        if p2p_used and self.edit.steps < MIN_STEPS.get(self.edit.scheduler, 1):
             raise ValueError(f"edit.steps (SYNTHPIPE_EDIT__STEPS) must be at least {MIN_STEPS[self.edit.scheduler]} "
                              f"with edit.scheduler {self.edit.scheduler}")
         if self.vl.min_pixels > self.vl.max_pixels:
@@ -283,6 +285,9 @@ def _unknown_variables() -> list[str]:
     unknown = []
     for var in os.environ:
         name = var.upper()
+        if name in NOT_SETTINGS and var != name:  # read case-sensitively: another casing is ignored
+            unknown.append(var)
+            continue
         if (not name.startswith(ENV_PREFIX) or name in top or name in NOT_SETTINGS
                 or name.startswith(NOT_SETTINGS_PREFIXES) or name.startswith(tuple(sections))):
             continue  # nested keys are checked by the sections themselves (extra="forbid")

@@ -71,5 +71,6 @@ fi
 .venv/bin/python -c "import torch"
 .venv/bin/pip install -q -e ".[dev]" 2>&1 | quiet
 .venv/bin/python -c "import common, transformers, diffusers, celery, selenium, xgrammar, datasets, pytest"
-.venv/bin/ruff --version >/dev/null && .venv/bin/mypy --version >/dev/null
+.venv/bin/ruff --version >/dev/null
+.venv/bin/mypy --version >/dev/null
 echo "installed: $(.venv/bin/synthpipe --help | head -1)"

@@ -133,10 +133,9 @@ def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path
     )
     model.save_pretrained(str(out))
 
-    scale = (patch / 14) ** 2  # the same number of patches whatever the patch size
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=int(TINY_MIN_PIXELS * scale),
-        max_pixels=int(TINY_MAX_PIXELS * scale),
+    image_processor = Qwen2VLImageProcessorPil(  # the same number of patches whatever the patch size
+        min_pixels=TINY_MIN_PIXELS * patch * patch // (14 * 14),
+        max_pixels=TINY_MAX_PIXELS * patch * patch // (14 * 14),
         patch_size=patch,
         temporal_patch_size=2,
         merge_size=2,
