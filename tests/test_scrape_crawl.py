@@ -424,6 +424,22 @@ def test_a_killed_workers_browser_is_reaped_by_the_next_one(tmp_path: Path) -> N
     assert reap_orphaned_browsers(str(tmp_path)) == 0
 
 
+def test_a_profile_whose_owner_holds_its_lock_is_never_reaped(tmp_path: Path) -> None:
+    """Containers sharing /tmp see each other's profiles but not each other's pids: the owner
+    lock, not the pid in the name, decides whether a browser is orphaned."""
+    from worker_scrape.browser import OWNER_FILE, _hold_owner_lock, reap_orphaned_browsers
+
+    foreign = tmp_path / "synthpipe-chromium-999999999-x"  # a pid this namespace does not have
+    foreign.mkdir()
+    fd = _hold_owner_lock(str(foreign))
+    try:
+        assert (foreign / OWNER_FILE).exists()
+        assert reap_orphaned_browsers(str(tmp_path)) == 0 and foreign.exists()
+    finally:
+        os.close(fd)
+    assert reap_orphaned_browsers(str(tmp_path)) == 1 and not foreign.exists()  # lock gone: orphan
+
+
 def _closed_port() -> int:
     import socket
 

@@ -9,6 +9,7 @@ fetcher, which honours robots.txt and the per-host delay.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -154,6 +155,9 @@ class RenderedPage:
 PROFILE_PREFIX = "synthpipe-chromium-"
 
 
+OWNER_FILE = ".owner"  # in each profile, flock()ed by the worker that owns the browser
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -164,25 +168,58 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _hold_owner_lock(profile: str) -> int:
+    """Lock the profile's owner file for as long as this process lives (the kernel drops the lock
+    when it dies, however it dies); returns the descriptor to close when the browser is closed."""
+    path = os.path.join(profile, OWNER_FILE)
+    fd = os.open(path + ".new", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(path + ".new", path)  # a reaper only ever sees the owner file already locked
+    return fd
+
+
+def _orphaned(profile: str) -> int | None:
+    """A descriptor holding the owner lock of ``profile`` if its owner is gone, else None.
+
+    The lock decides even across PID namespaces (containers sharing /tmp). A profile without
+    an owner file yet falls back to its name's pid: it is orphaned only if that pid is gone.
+    """
+    try:
+        fd = os.open(os.path.join(profile, OWNER_FILE), os.O_RDWR)
+    except FileNotFoundError:
+        owner = os.path.basename(profile)[len(PROFILE_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            return os.open(profile, os.O_RDONLY)  # nothing to lock: any descriptor will do
+        return None
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: the owner is alive
+        os.close(fd)
+        return None
+    return fd
+
+
 def reap_orphaned_browsers(tmpdir: str | None = None) -> int:
     """Kill the Chromium trees of workers that died without closing them; return how many.
 
     A worker killed with SIGKILL (OOM killer, ``kill -9``, a lost container) cannot quit its
     browser, and chromedriver runs in its own session, so Chromium would outlive it and hold
-    memory until the machine reboots. Each profile directory carries its owner's pid; a profile
-    whose owner is gone marks an orphan: every process naming that profile is killed by process
-    group, and the profile is removed. Linux only (``/proc``); elsewhere only profiles go.
+    memory until the machine reboots. Each profile's owner holds a lock on a file in it; a
+    profile whose lock is free marks an orphan: every process naming that profile is killed by
+    process group, and the profile is removed. Linux (``/proc``); elsewhere only profiles go.
     """
     base = tmpdir or tempfile.gettempdir()
     try:
         names = [n for n in os.listdir(base) if n.startswith(PROFILE_PREFIX)]
     except OSError:
         return 0
-    orphans: list[str] = []
+    orphans: dict[str, int] = {}
     for name in names:
-        owner = name[len(PROFILE_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not _pid_alive(int(owner)):
-            orphans.append(os.path.join(base, name))
+        fd = _orphaned(os.path.join(base, name))
+        if fd is not None:
+            orphans[os.path.join(base, name)] = fd
     if not orphans:
         return 0
     groups: set[int] = set()
@@ -197,8 +234,9 @@ def reap_orphaned_browsers(tmpdir: str | None = None) -> int:
     for group in groups - {os.getpgrp()}:
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGKILL)
-    for profile in orphans:
+    for profile, fd in orphans.items():
         shutil.rmtree(profile, ignore_errors=True)
+        os.close(fd)
     log.warning("reaped %d browser(s) left by killed workers (%d process groups)", len(orphans), len(groups))
     return len(orphans)
 
@@ -212,6 +250,7 @@ class Browser:
         self.starts = 0
         self._driver: webdriver.Chrome | None = None
         self._profile: str | None = None
+        self._owner_lock: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     @property
@@ -231,6 +270,7 @@ class Browser:
         reap_orphaned_browsers()
         # the owner's pid in the profile name lets a later worker reap this browser if we are killed
         self._profile = tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-")
+        self._owner_lock = _hold_owner_lock(self._profile)
         opts = webdriver.ChromeOptions()
         opts.binary_location = str(cfg.chromium_path)
         if cfg.headless:
@@ -251,6 +291,7 @@ class Browser:
             driver = webdriver.Chrome(service=service, options=opts)
         except (WebDriverException, OSError) as exc:
             self._cleanup_processes(service)
+            self.close()  # the profile and its owner lock
             raise BrowserError(f"cannot start Chromium: {str(exc).splitlines()[0][:300]}") from exc
         self._driver = driver
         self.starts += 1
@@ -279,6 +320,9 @@ class Browser:
         if self._profile:
             shutil.rmtree(self._profile, ignore_errors=True)
             self._profile = None
+        if self._owner_lock is not None:
+            os.close(self._owner_lock)
+            self._owner_lock = None
 
     def restart(self, reason: str) -> None:
         if self.restarts >= self.config.max_browser_restarts:
