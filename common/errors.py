@@ -35,6 +35,25 @@ class ImageRejected(InputError):
         self.reason = reason
 
 
+# Network failures by class name (requests, urllib3, httpx, huggingface_hub raise their own
+# types, none of them imported here); builtin ConnectionError and TimeoutError by type.
+_NETWORK_ERRORS = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "NewConnectionError",
+                   "MaxRetryError", "ProtocolError", "ConnectError", "ReadError", "RemoteProtocolError",
+                   "TimeoutException", "ChunkedEncodingError"}
+
+
+def model_load_error(model: str, exc: BaseException) -> SynthpipeError:
+    """The error to raise when ``model`` failed to load because of ``exc``: transient when a
+    network failure is anywhere in its chain (a hub or mirror outage passes), else a settings
+    error (a path that is no checkpoint, a model not in the offline cache)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError | TimeoutError) or type(seen).__name__ in _NETWORK_ERRORS:
+            return TransientError(f"model {model!r}: network failure while loading: {exc}")
+        seen = seen.__cause__ or seen.__context__
+    return ConfigError(f"model {model!r} could not be loaded: {exc}")
+
+
 def error_type(exc: BaseException) -> str:
     """The name recorded in a job's ``error_type`` column for ``exc``."""
     return type(exc).__name__

@@ -124,6 +124,25 @@ def test_registry() -> None:
         get_backend("instruct-pix2pix", scheduler="lms")
 
 
+def test_load_failures_are_settings_errors_unless_the_network_failed(tmp_path) -> None:
+    import requests
+
+    from common.errors import TransientError, model_load_error
+
+    missing = get_backend("instruct-pix2pix", model=str(tmp_path / "no-such-checkpoint"))
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        missing.load()
+    try:  # how huggingface_hub reports an outage: an OSError raised while handling the network error
+        try:
+            raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/models/x")
+        except requests.exceptions.ConnectionError as net:
+            raise OSError("We couldn't connect to the hub to load this model") from net
+    except OSError as exc:
+        assert isinstance(model_load_error("x", exc), TransientError)
+    assert isinstance(model_load_error("x", TimeoutError("read timed out")), TransientError)
+    assert isinstance(model_load_error("x", ValueError("not a pipeline")), ConfigError)
+
+
 # ----------------------------------------------------------------------------- InstructPix2Pix
 
 

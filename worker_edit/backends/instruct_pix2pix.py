@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.errors import ConfigError
+from common.errors import ConfigError, model_load_error
 from worker_edit.backends import MIN_STEPS, SCHEDULERS
 from worker_edit.backends.base import (
     EditItem,
@@ -98,7 +98,7 @@ class InstructPix2PixBackend(PipelineBackend):
                     self.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
                 )
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"model {self.model!r} could not be loaded: {exc}") from exc
+                raise model_load_error(self.model, exc) from exc
             scheduler_cls = getattr(diffusers, SCHEDULERS[self.scheduler])
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
             pipe.to(device)
