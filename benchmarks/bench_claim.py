@@ -66,23 +66,14 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-    from sqlalchemy import create_engine, text
+    from common.db import scratch_database
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-claim-"))
     rows = []
     for procs in [int(p) for p in args.processes.split(",")]:
         rows.append({"db": "sqlite", **run(f"sqlite:///{tmp / f'claim-{procs}.db'}", args.jobs, procs, args.batch, tmp)})
-        name = f"synthpipe_bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            rows.append({"db": "postgresql", **run(args.pg_url.rsplit("/", 1)[0] + "/" + name, args.jobs, procs,
-                                                   args.batch, tmp)})
-        finally:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        with scratch_database(args.pg_url, "synthpipe_bench") as url:
+            rows.append({"db": "postgresql", **run(url, args.jobs, procs, args.batch, tmp)})
     print(f"claim batch {args.batch}, claim + record per job, no model")
     print(f"{'db':<11} {'procs':>5} {'jobs':>6} {'seconds':>8} {'jobs/s':>8}")
     for r in rows:

@@ -98,22 +98,13 @@ def main() -> None:
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(","))
-    from sqlalchemy import create_engine, text
+    from common.db import scratch_database
 
     results = {"sqlite": run(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-dedup-')) / 'd.db'}", sizes,
                              args.lookups, args.scan_lookups)}
     if not args.no_pg:
-        name = f"synthpipe_bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            results["postgresql"] = run(args.pg_url.rsplit("/", 1)[0] + "/" + name, sizes, args.lookups,
-                                        args.scan_lookups)
-        finally:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        with scratch_database(args.pg_url, "synthpipe_bench") as url:
+            results["postgresql"] = run(url, sizes, args.lookups, args.scan_lookups)
     print(f"near-duplicate lookup, threshold {THRESHOLD} bits, ms per lookup (same answers checked)")
     print(f"{'db':<11} {'assets':>8} {'banded ms':>10} {'scan ms':>9} {'speedup':>8} {'hits':>5}")
     for db_name, rows in results.items():

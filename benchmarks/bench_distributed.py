@@ -62,7 +62,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,30 +196,15 @@ def _admin(url: str) -> Any:
 
 
 def create_database(admin_url: str) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
+    from common.db import create_scratch_database
 
-    name = f"synthpipe_bench_{uuid.uuid4().hex[:12]}"
-    engine = _admin(admin_url)
-    try:
-        with engine.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return create_scratch_database(admin_url, "synthpipe_bench")
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
+    from common.db import drop_scratch_database
 
-    name = make_url(url).database
-    engine = _admin(admin_url)
-    try:
-        with engine.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        engine.dispose()
+    drop_scratch_database(admin_url, url)
 
 
 # --------------------------------------------------------------------------- statistics

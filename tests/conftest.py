@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,28 +36,15 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def _create_pg_database() -> str:
-    from sqlalchemy import create_engine, text
+    from common.db import create_scratch_database
 
-    name = f"synthpipe_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    return create_scratch_database(PG_ADMIN_URL, "synthpipe_test")
 
 
 def _drop_pg_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
+    from common.db import drop_scratch_database
 
-    name = url.rsplit("/", 1)[1]
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    drop_scratch_database(PG_ADMIN_URL, url)
 
 
 @pytest.fixture
