@@ -400,7 +400,7 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def env(self, workdir: Path, db_url: str) -> dict[str, str]:
-        from common.cli_more import tiny_run_settings
+        from common.tinymodels import tiny_run_settings
 
         env = dict(ORIGINAL_ENV)  # SYNTHPIPE_* settings of the caller (a device, a dtype) carry over
         tiny = tiny_run_settings()

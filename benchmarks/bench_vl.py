@@ -66,7 +66,7 @@ def main() -> None:
     from common.schemas import analysis_json_schema
     from worker_vl.backends.base import VLItem
     from worker_vl.backends.qwen import QwenVLBackend
-    from worker_vl.prompting import render_for
+    from common.prompts import render_for
     from worker_vl.tiny import build_tiny_vl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-vl-"))

@@ -1,4 +1,4 @@
-"""The Celery app of distributed mode: queues ``scrape``, ``vl``, ``edit`` on one broker.
+"""The Celery app of distributed mode: one queue per registered stage, on one broker.
 
 Messages carry job ids only; the database holds the jobs, their inputs and outputs (by URI).
 Tasks are acknowledged late and rejected when a worker is lost, so a killed worker's message
@@ -15,23 +15,22 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from common.models import STAGES
+from common import stages
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 EXCHANGE = Exchange("synthpipe", type="direct", durable=True)
-TASK_NAMES = {"scrape": "scrape.crawl", "vl": "vl.analyze", "edit": "edit.apply"}
-TASK_MODULES = {"scrape": "worker_scrape.tasks", "vl": "worker_vl.tasks", "edit": "worker_edit.tasks"}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     c = settings.celery
+    registered = stages.all_stages()
     return {
         "broker_url": settings.broker_url,
-        "task_queues": [Queue(stage, EXCHANGE, routing_key=stage, durable=True) for stage in STAGES],
-        "task_routes": {name: {"queue": stage, "exchange": EXCHANGE.name, "routing_key": stage}
-                        for stage, name in TASK_NAMES.items()},
+        "task_queues": [Queue(s.queue, EXCHANGE, routing_key=s.queue, durable=True) for s in registered],
+        "task_routes": {s.task_name: {"queue": s.queue, "exchange": EXCHANGE.name, "routing_key": s.queue}
+                        for s in registered},
         "task_default_exchange": EXCHANGE.name,
         "task_default_exchange_type": "direct",
         "task_serializer": "json",
@@ -59,6 +58,18 @@ def _app_for(broker_url: str) -> Celery:
     app.conf.update(celery_config(get_settings()))
     app.set_default()
     return app
+
+
+def task_for(stage_name: str) -> Any:
+    """The Celery task of ``stage_name``: its worker's ``tasks`` module defines it, or, for a
+    stage registered without one, the generic task is defined here."""
+    from common.tasks_base import stage_task
+
+    stage = stages.get(stage_name)
+    app = get_app()
+    if stage.task_name not in app.tasks:
+        stage_task(stage.name, stage.task_name)
+    return app.tasks[stage.task_name]
 
 
 def get_app(settings: Settings | None = None) -> Celery:

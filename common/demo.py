@@ -14,7 +14,6 @@ log = logging.getLogger(__name__)
 def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: int = 2) -> dict[str, Any]:
     """Build tiny models, draw photos, ingest → pair → run every stage → export."""
     from common import samples
-    from common.cli_more import tiny_run_settings
     from common.db import get_database, reset_databases
     from common.export import export
     from common.ingest import ingest
@@ -22,7 +21,7 @@ def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: i
     from common.runner import StageContext, run_all
     from common.settings import get_settings, reset_settings
     from common.storage import get_storage
-    from common.tinymodels import build_all
+    from common.tinymodels import build_all, settings_for
 
     started = time.perf_counter()
     folder = folder.resolve()
@@ -33,10 +32,7 @@ def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: i
         "SYNTHPIPE_DATABASE_URL": f"sqlite:///{data / 'synthpipe.db'}",
         "SYNTHPIPE_STORAGE_URL": (data / "objects").as_uri(),
         "SYNTHPIPE_BROKER_URL": "",
-        "SYNTHPIPE_VL_MODEL": str(models["vl"]),
-        "SYNTHPIPE_EDIT_MODEL": str(models["edit"]),
-        "SYNTHPIPE_EDIT__PLUS_MODEL": str(models["edit-plus"]),
-        **tiny_run_settings(),
+        **settings_for(models),
     }
     os.environ.update(env)
     reset_settings()

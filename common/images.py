@@ -55,45 +55,45 @@ def load_image(data: bytes, limits: ImageSettings | None = None) -> LoadedImage:
     """Decode ``data`` safely or raise ``ImageRejected`` with the reason."""
     limits = limits or _default_limits()
     if not data:
-        raise ImageRejected("empty file")
+        raise ImageRejected("empty file", code="image.empty")
     if len(data) > limits.max_bytes:
-        raise ImageRejected(f"too large: {len(data)} bytes (limit {limits.max_bytes})")
+        raise ImageRejected(f"too large: {len(data)} bytes (limit {limits.max_bytes})", code="image.too_large")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             im: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
         except UnidentifiedImageError:
-            raise ImageRejected("not an image (unrecognised format)") from None
+            raise ImageRejected("not an image (unrecognised format)", code="image.not_an_image") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from None
+            raise ImageRejected(f"decompression bomb: {exc}", code="image.decompression_bomb") from None
         except Exception as exc:  # Pillow raises many types on hostile headers
-            raise ImageRejected(f"truncated or corrupt: {_short(exc)}") from None
+            raise ImageRejected(f"truncated or corrupt: {_short(exc)}", code="image.corrupt") from None
         fmt = FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
         if fmt not in limits.formats:
-            raise ImageRejected(f"format {fmt} not allowed (allowed: {', '.join(limits.formats)})")
+            raise ImageRejected(f"format {fmt} not allowed (allowed: {', '.join(limits.formats)})", code="image.format_not_allowed")
         width, height = im.size
         if width <= 0 or height <= 0:
-            raise ImageRejected(f"corrupt header: size {width}x{height}")
+            raise ImageRejected(f"corrupt header: size {width}x{height}", code="image.corrupt")
         if width * height > limits.max_pixels:
             raise ImageRejected(
-                f"decompression bomb: {width}x{height} = {width * height} pixels (limit {limits.max_pixels})"
-            )
+                f"decompression bomb: {width}x{height} = {width * height} pixels (limit {limits.max_pixels})",
+                code="image.decompression_bomb")
         frames = _frame_count(im)
         if frames > 1 and im.format != "MPO":
             if limits.animated == "reject":
-                raise ImageRejected(f"animated image ({frames} frames); set images.animated=first_frame to use the first")
+                raise ImageRejected(f"animated image ({frames} frames); set images.animated=first_frame to use the first", code="image.animated")
             im.seek(0)
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from None
+            raise ImageRejected(f"decompression bomb: {exc}", code="image.decompression_bomb") from None
         except Exception as exc:
-            raise ImageRejected(f"truncated or corrupt: {_short(exc)}") from None
+            raise ImageRejected(f"truncated or corrupt: {_short(exc)}", code="image.corrupt") from None
     im = _apply_orientation(im)
     rgb = to_rgb(im)
     w, h = rgb.size
     if min(w, h) < limits.min_side:
-        raise ImageRejected(f"too small: {w}x{h} (minimum side {limits.min_side})")
+        raise ImageRejected(f"too small: {w}x{h} (minimum side {limits.min_side})", code="image.too_small")
     return LoadedImage(
         image=rgb, format=fmt, width=w, height=h, frames=frames, sha256=sha256_hex(data),
         size_bytes=len(data), phash=dhash(rgb), colour=colour_signature(rgb),
@@ -106,7 +106,7 @@ def load_image_file(path: str | os.PathLike[str], limits: ImageSettings | None =
     p = Path(path)
     size = p.stat().st_size
     if size > limits.max_bytes:
-        raise ImageRejected(f"too large: {size} bytes (limit {limits.max_bytes})")
+        raise ImageRejected(f"too large: {size} bytes (limit {limits.max_bytes})", code="image.too_large")
     data = p.read_bytes()
     return data, load_image(data, limits)
 
@@ -181,7 +181,7 @@ def _frame_count(im: Image.Image) -> int:
     try:
         return int(getattr(im, "n_frames", 1))
     except Exception as exc:
-        raise ImageRejected(f"truncated or corrupt: {_short(exc)}") from None
+        raise ImageRejected(f"truncated or corrupt: {_short(exc)}", code="image.corrupt") from None
 
 
 def _apply_orientation(im: Image.Image) -> Image.Image:

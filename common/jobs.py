@@ -27,8 +27,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from common.db import Database
-from common.errors import InputError, ModelOutputError, error_type
-from common.models import STAGES, STATUSES, Job, utcnow
+from common.errors import ErrorKind, ModelOutputError, code_of, kind_of
+from common import stages
+from common.models import STATUSES, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,28 @@ class Outcome:
         return cls("succeeded", result=result, write=write)
 
     @classmethod
-    def skip(cls, reason: str, result: dict[str, Any] | None = None, write: Writer | None = None) -> Outcome:
-        return cls("skipped", result={"reason": reason, **(result or {})}, write=write)
+    def skip(cls, reason: str, message: str = "", result: dict[str, Any] | None = None,
+             write: Writer | None = None) -> Outcome:
+        """Skipped with the stable reason code ``reason`` (and a sentence for people)."""
+        return cls("skipped", result={"reason": reason, "message": message or reason, **(result or {})},
+                   write=write)
 
     @classmethod
     def from_error(cls, exc: BaseException, result: dict[str, Any] | None = None) -> Outcome:
         """Input and model-output errors are final; anything else is worth another attempt."""
         if isinstance(exc, ModelOutputError):
             result = {"raw": exc.raw, **(result or {})}
-        final = isinstance(exc, InputError | ModelOutputError)
+        final = kind_of(exc) in (ErrorKind.INPUT, ErrorKind.MODEL_OUTPUT)
         return cls("failed" if final else "retry", result=result, error=exc)
+
+    @property
+    def reason(self) -> str | None:
+        """The stable reason code of this outcome (an error's code, or a skip's reason)."""
+        if self.error is not None:
+            return code_of(self.error)
+        if self.status == "skipped" and self.result:
+            return str(self.result.get("reason") or "skipped")
+        return None
 
 
 def default_worker_id() -> str:
@@ -100,8 +113,7 @@ def enqueue(
     New ids are remembered on the session; after commit the database's dispatcher sends their
     messages (distributed mode).
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
+    stages.get(stage)  # an unknown stage is an error naming the registered ones
     if max_attempts is None:
         from common.settings import get_settings
 
@@ -221,8 +233,8 @@ def release(db: Database, jobs: Iterable[ClaimedJob], exc: BaseException) -> lis
                 update(Job)
                 .where(Job.id == job.id, Job.status == "running", Job.attempts == job.attempts)
                 .values(status="queued", worker=None, lease_expires_at=None, updated_at=now,
-                        max_attempts=Job.max_attempts + 1, error_type=error_type(exc),
-                        error_message=str(exc)[:MAX_MESSAGE] or error_type(exc))
+                        max_attempts=Job.max_attempts + 1, error_type=kind_of(exc).value,
+                        reason=code_of(exc), error_message=str(exc)[:MAX_MESSAGE] or code_of(exc))
             )
             if res.rowcount == 1:  # type: ignore[attr-defined]
                 released.append(job.id)
@@ -245,8 +257,9 @@ def record(db: Database, job: ClaimedJob, outcome: Outcome) -> str | None:
     values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
     status: str = outcome.status
     if outcome.error is not None:
-        values["error_type"] = error_type(outcome.error)
-        values["error_message"] = str(outcome.error)[:MAX_MESSAGE] or values["error_type"]
+        values["error_type"] = kind_of(outcome.error).value
+        values["error_message"] = str(outcome.error)[:MAX_MESSAGE] or code_of(outcome.error)
+    values["reason"] = outcome.reason
     if outcome.status == "retry":
         if job.attempts >= job.max_attempts:
             status = "dead"
@@ -295,7 +308,8 @@ def requeue_expired(db: Database, stage: str | None = None) -> list[int]:
         dead = s.execute(
             update(Job)
             .where(*base, Job.attempts >= Job.max_attempts)
-            .values(status="dead", error_type="LeaseExpired", finished_at=now, updated_at=now,
+            .values(status="dead", error_type=ErrorKind.TRANSIENT.value, reason="job.lease_expired",
+                    finished_at=now, updated_at=now,
                     error_message="lease expired on the last attempt (worker vanished or hung)",
                     lease_expires_at=None)
             .returning(Job.id),
@@ -304,7 +318,8 @@ def requeue_expired(db: Database, stage: str | None = None) -> list[int]:
         back = s.execute(
             update(Job)
             .where(*base, Job.attempts < Job.max_attempts)
-            .values(status="queued", error_type="LeaseExpired", updated_at=now, worker=None,
+            .values(status="queued", error_type=ErrorKind.TRANSIENT.value, reason="job.lease_expired",
+                    updated_at=now, worker=None,
                     error_message="lease expired (worker vanished or hung); queued again",
                     lease_expires_at=None)
             .returning(Job.id),
@@ -328,7 +343,7 @@ def _after_requeue(db: Database, ids: list[int]) -> None:
 
 def counts(db: Database) -> dict[str, dict[str, int]]:
     """Jobs per stage and status, every stage and status present."""
-    out = {stage: dict.fromkeys(STATUSES, 0) for stage in STAGES}
+    out = {stage: dict.fromkeys(STATUSES, 0) for stage in stages.names()}
     with db.session() as s:
         for stage, status, n in s.execute(
             select(Job.stage, Job.status, func.count()).group_by(Job.stage, Job.status)
@@ -352,6 +367,74 @@ def pending(db: Database, stage: str) -> int:
         return s.scalar(
             select(func.count()).where(Job.stage == stage, Job.status.in_(("queued", "running")))
         ) or 0
+
+
+def _filtered(stage: str | None, statuses: Sequence[str] | None, reason: str | None) -> list[Any]:
+    conditions: list[Any] = []
+    if stage is not None:
+        conditions.append(Job.stage == stage)
+    if statuses:
+        conditions.append(Job.status.in_(list(statuses)))
+    if reason is not None:
+        conditions.append(Job.reason == reason)
+    return conditions
+
+
+def list_jobs(db: Database, *, stage: str | None = None, statuses: Sequence[str] | None = None,
+              reason: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Jobs matching the filters, newest first, as plain rows."""
+    with db.session() as s:
+        rows = s.execute(select(Job).where(*_filtered(stage, statuses, reason)).order_by(Job.id.desc())
+                         .limit(limit)).scalars().all()
+        return [{"id": j.id, "stage": j.stage, "status": j.status, "key": j.key, "attempts": j.attempts,
+                 "max_attempts": j.max_attempts, "reason": j.reason, "error_kind": j.error_type,
+                 "error_message": j.error_message, "updated_at": j.updated_at.isoformat()} for j in rows]
+
+
+def _change(db: Database, action: str, to_status: str, conditions: list[Any], actor: str | None,
+            extra: dict[str, Any]) -> list[int]:
+    """Move every job matching ``conditions`` to ``to_status`` and record a ``JobEvent`` each."""
+    from common.models import JobEvent
+
+    actor = actor or f"{os.environ.get('USER', 'user')}@{socket.gethostname()}"
+    now = utcnow()
+    with db.session() as s:
+        rows = s.execute(select(Job.id, Job.status).where(*conditions).with_for_update()).all()
+        ids = [r[0] for r in rows]
+        if not ids:
+            return []
+        s.execute(update(Job).where(Job.id.in_(ids), *conditions).values(status=to_status, updated_at=now, **extra),
+                  execution_options={"synchronize_session": False})
+        for job_id, before in rows:
+            s.add(JobEvent(job_id=job_id, action=action, from_status=before, to_status=to_status, actor=actor,
+                           created_at=now))
+        if to_status == "queued":
+            s.info.setdefault("enqueued", []).extend(ids)  # distributed mode sends their messages
+    return ids
+
+
+def retry_jobs(db: Database, *, stage: str | None = None, statuses: Sequence[str] = ("failed", "dead"),
+               reason: str | None = None, actor: str | None = None) -> list[int]:
+    """Put failed/dead (or cancelled) jobs back in the queue with fresh attempts; returns their ids."""
+    allowed = {"failed", "dead", "cancelled"}
+    if not set(statuses) <= allowed:
+        from common.errors import InputError
+
+        raise InputError(f"retry takes jobs that ended ({', '.join(sorted(allowed))}), not {', '.join(statuses)}")
+    return _change(db, "retry", "queued", _filtered(stage, statuses, reason), actor,
+                   {"attempts": 0, "not_before": None, "worker": None, "lease_expires_at": None,
+                    "finished_at": None})
+
+
+def cancel_jobs(db: Database, *, stage: str | None = None, statuses: Sequence[str] = ("queued",),
+                reason: str | None = None, actor: str | None = None) -> list[int]:
+    """Cancel queued jobs (a running job finishes first: cancel it after); returns their ids."""
+    if set(statuses) - {"queued", "failed", "dead"}:
+        from common.errors import InputError
+
+        raise InputError("cancel takes queued, failed or dead jobs; a running job is cancelled once it ends")
+    return _change(db, "cancel", "cancelled", _filtered(stage, statuses, reason), actor,
+                   {"finished_at": utcnow(), "reason": "job.cancelled"})
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:

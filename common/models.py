@@ -18,11 +18,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-STAGES = ("scrape", "vl", "edit")
-STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "dead")
+# Stages are not listed here: they come from the registry (common.stages).
+STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "dead", "cancelled")
 ROLES = ("person", "garment", "character")
 RECIPES = ("tryon", "enrich")
-FINAL_STATUSES = ("succeeded", "skipped", "failed", "dead")
+FINAL_STATUSES = ("succeeded", "skipped", "failed", "dead", "cancelled")
+#: where an edit came from
+EDIT_ORIGINS = ("pipeline", "imported")
+DECISIONS = ("accepted", "rejected")
 
 
 def utcnow() -> dt.datetime:
@@ -121,7 +124,8 @@ class Job(Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     not_before: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(200))
-    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_type: Mapped[str | None] = mapped_column(String(100))  # the error's kind (common.errors.ErrorKind)
+    reason: Mapped[str | None] = mapped_column(String(100), index=True)  # stable reason code of a failure or skip
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -159,9 +163,14 @@ class Edit(Base):
     __tablename__ = "edits"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
-    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), index=True)
+    # pipeline edits come from an edit job and an analysis; imported ones have neither
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    analysis_id: Mapped[int | None] = mapped_column(ForeignKey("analyses.id"), index=True)
     item_set_id: Mapped[int] = mapped_column(ForeignKey("item_sets.id"), index=True)
+    origin: Mapped[str] = mapped_column(String(16), default="pipeline", index=True)
+    edit_prompt: Mapped[str | None] = mapped_column(Text)  # the instruction the edit followed
+    import_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # imported: sha of the row
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # imported: where the row came from
     backend: Mapped[str] = mapped_column(String(64))
     model_id: Mapped[str] = mapped_column(Text)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -174,18 +183,80 @@ class Edit(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Score(Base):
+    """The metrics one scorer wrote for one edit (or why it could not). Stored once: thresholds
+    are applied to these rows by the decision step, so changing a threshold never rescores."""
+
+    __tablename__ = "scores"
+    __table_args__ = (Index("ux_scores_edit_scorer", "edit_id", "scorer", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), index=True)
+    scorer: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    raw_text: Mapped[str | None] = mapped_column(Text)
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Decision(Base):
+    """The AI decision on one edit: accepted or rejected, with stable reason codes and the values
+    that failed. Re-deciding (new thresholds) updates this row from the stored scores."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), unique=True)
+    decision: Mapped[str] = mapped_column(String(16), index=True)
+    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)  # codes, e.g. ["identity_lost"]
+    failed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # code -> {metric, value, threshold}
+    thresholds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # what it was decided against
+    margin: Mapped[float | None] = mapped_column(Float)  # distance to the nearest threshold (uncertainty)
+    decided_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobEvent(Base):
+    """A change made to a job by a person (retry, cancel): every change is kept."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --- review (issue: human review) ---------------------------------------------------------
+# --- train (issue: flywheel) --------------------------------------------------------------
+# --- generate (issue: FLUX) ---------------------------------------------------------------
+
+
 __all__ = [
     "FINAL_STATUSES",
     "RECIPES",
     "ROLES",
-    "STAGES",
+    "DECISIONS",
+    "EDIT_ORIGINS",
     "STATUSES",
     "Analysis",
     "Asset",
     "Base",
+    "Decision",
     "Edit",
     "ItemSet",
     "ItemSetAsset",
     "Job",
+    "JobEvent",
+    "Score",
     "utcnow",
 ]

@@ -1,13 +1,12 @@
 """Running stages: claim → run → record, the same in local mode and in Celery workers.
 
-A stage registers one batch function, ``process_batch(jobs, ctx) -> list[Outcome]`` (one
-outcome per job, same order). This module owns everything around it: claiming, lease
+A stage registers (``common.stages``) one batch function, ``process_batch(jobs, ctx) ->
+list[Outcome]`` (one outcome per job, same order). This module owns everything around it: claiming, lease
 heartbeats, turning a crash of the whole batch into per-job outcomes, and recording.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -18,20 +17,13 @@ from common import jobs as jobstore
 from common.db import Database
 from common.errors import ConfigError
 from common.jobs import ClaimedJob, Outcome
-from common.models import STAGES, utcnow
+from common import stages
+from common.models import utcnow
 from common.progress import bar
 from common.settings import Settings
 from common.storage import Storage
 
 log = logging.getLogger(__name__)
-
-# Where each stage's batch function lives; imported on first use so that common/ never
-# imports a worker (or its heavy libraries) up front.
-STAGE_FUNCTIONS: dict[str, str] = {
-    "scrape": "worker_scrape.service:process_batch",
-    "vl": "worker_vl.service:process_batch",
-    "edit": "worker_edit.service:process_batch",
-}
 
 BatchFn = Callable[[list[ClaimedJob], "StageContext"], list[Outcome]]
 
@@ -66,14 +58,11 @@ class RunStats:
 
 
 def stage_function(stage: str) -> BatchFn:
-    if stage not in STAGE_FUNCTIONS:
-        raise ValueError(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
-    module, _, name = STAGE_FUNCTIONS[stage].partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return stages.get(stage).batch_function()  # type: ignore[no-any-return]
 
 
 def batch_size_for(stage: str, settings: Settings) -> int:
-    return {"vl": settings.vl.batch_size, "edit": settings.edit.batch_size}.get(stage, 1)
+    return stages.get(stage).batch_size(settings)
 
 
 def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) -> RunStats:
@@ -131,12 +120,13 @@ def run_stage(
     return total
 
 
-def run_all(ctx: StageContext, stages: Sequence[str] = STAGES) -> dict[str, RunStats]:
-    """Process every stage in pipeline order until none has anything queued."""
-    out = {stage: RunStats() for stage in stages}
+def run_all(ctx: StageContext, chosen: Sequence[str] | None = None) -> dict[str, RunStats]:
+    """Process every stage (or ``chosen``) in pipeline order until none has anything queued."""
+    order = tuple(chosen) if chosen is not None else stages.names()
+    out = {stage: RunStats() for stage in order}
     while True:
         progressed = False
-        for stage in stages:
+        for stage in order:
             stats = run_stage(stage, ctx)
             out[stage].merge(stats)
             progressed |= stats.claimed > 0

@@ -94,21 +94,21 @@ class VLSettings(Section):
     max_new_tokens: int = Field(1024, gt=0, description="token budget of one analysis")
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling when temperature > 0")
-    prompt_version: str = Field("v1", description="prompt template version (worker_vl/prompts/<recipe>.<version>.yaml)")
+    prompt_version: str = Field("v1", description="prompt template version (common/data/prompts/<recipe>.<version>.yaml)")
     min_confidence: float = Field(0.0, ge=0, le=1, description="analyses below this confidence are skipped, not edited")
     min_feasibility: Literal["low", "medium", "high"] = Field("low", description="analyses below this feasibility are skipped, not edited")
 
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        from worker_vl.backends import BACKENDS  # a name registry: imports no model code
+        from common.backends import VL_BACKENDS
 
-        return _check_name(value, BACKENDS, "VL backend")
+        return _check_name(value, VL_BACKENDS, "VL backend")
 
     @field_validator("prompt_version")
     @classmethod
     def _templates_exist(cls, value: str) -> str:
-        from worker_vl.prompting import PROMPTS_DIR
+        from common.prompts import PROMPTS_DIR
 
         missing = [r for r in RECIPES if not (PROMPTS_DIR / f"{r}.{value}.yaml").is_file()]
         if missing:
@@ -137,14 +137,14 @@ class EditSettings(Section):
     @field_validator("backend", "backend_tryon", "backend_enrich")
     @classmethod
     def _known_backend(cls, value: str | None) -> str | None:
-        from worker_edit.backends import BACKENDS  # a name registry: imports no model code
+        from common.backends import EDIT_BACKENDS
 
-        return None if value is None else _check_name(value, BACKENDS, "edit backend")
+        return None if value is None else _check_name(value, EDIT_BACKENDS, "edit backend")
 
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
-        from worker_edit.backends import SCHEDULERS
+        from common.backends import SCHEDULERS
 
         return _check_name(value, SCHEDULERS, "InstructPix2Pix scheduler")
 
@@ -159,6 +159,10 @@ class ScrapeSettings(Section):
     settle_s: float = Field(0.5, ge=0, description="wait after load for scripts and lazy images")
     chromium_path: Path = Field(Path("/usr/bin/chromium"), description="Chromium binary")
     chromedriver_path: Path = Field(Path("/usr/bin/chromedriver"), description="chromedriver binary")
+
+
+class ModelSettings(Section):
+    exclusive_per_device: bool | None = Field(None, description="hold one model per device at a time (unload the VL model before loading the editor); default: on for one card, off on CPU")
 
 
 class CelerySettings(Section):
@@ -192,6 +196,7 @@ class Settings(BaseSettings):
     vl_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id or local directory of the Qwen-VL checkpoint")
     edit_model: str = Field("timbrooks/instruct-pix2pix", description="hub id or local directory of the InstructPix2Pix checkpoint")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level of every command")
+    plugins: list[str] = Field([], description="modules imported at start-up that register extra stages (common.stages.register)")
 
     jobs: JobSettings = JobSettings()
     images: ImageSettings = ImageSettings()
@@ -199,6 +204,7 @@ class Settings(BaseSettings):
     vl: VLSettings = VLSettings()
     edit: EditSettings = EditSettings()
     scrape: ScrapeSettings = ScrapeSettings()
+    models: ModelSettings = ModelSettings()
     celery: CelerySettings = CelerySettings()
     flower: FlowerSettings = FlowerSettings()
 
@@ -219,7 +225,7 @@ class Settings(BaseSettings):
         if plus in (self.edit.backend, self.edit.backend_tryon) and self.pairing.max_garments > 2:
             raise ValueError(f"edit backend {plus} takes at most 2 garment photos besides the person: "
                              "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
-        from worker_edit.backends import MIN_STEPS
+        from common.backends import MIN_STEPS
 
         used = {self.edit.backend_tryon or self.edit.backend, self.edit.backend_enrich or self.edit.backend}
         p2p_used = "instruct-pix2pix" in used
@@ -235,7 +241,7 @@ class Settings(BaseSettings):
         """Every placeholder of the VL prompt templates must come from the keyword file's axes
         (or the image counts), or every vl job would fail on the same missing value."""
         from common.keywords import load_keywords
-        from worker_vl.prompting import load_template
+        from common.prompts import load_template
 
         kw = load_keywords(self.pairing.keywords_file)  # ConfigError names the file and key
         provided = {"tryon": set(kw.context), "enrich": set(kw.context) | set(kw.enrich)}

@@ -54,9 +54,7 @@ def _default(field: FieldInfo) -> str:
 
 def _names() -> dict[str, str]:
     """Settings whose allowed values are the names of a registry (checked at start-up)."""
-    from worker_edit.backends import BACKENDS as EDIT_BACKENDS
-    from worker_edit.backends import SCHEDULERS
-    from worker_vl.backends import BACKENDS as VL_BACKENDS
+    from common.backends import EDIT_BACKENDS, SCHEDULERS, VL_BACKENDS
 
     def names(registry: Any) -> str:
         return ", ".join(f"`{n}`" for n in sorted(registry))

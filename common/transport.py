@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def send_jobs(ids: list[int], db: Database) -> int:
     """Send the message of each queued job among ``ids``; returns how many were sent."""
-    from common.celery_app import TASK_NAMES, get_app
+    from common import stages
+    from common.celery_app import get_app
 
     if not ids:
         return 0
@@ -47,7 +48,7 @@ def send_jobs(ids: list[int], db: Database) -> int:
             if delay > 0:
                 options["countdown"] = delay
         try:
-            app.send_task(TASK_NAMES[stage], args=[job_id], **options)
+            app.send_task(stages.get(stage).task_name, args=[job_id], **options)
             sent += 1
         except Exception as exc:  # broker down: the job stays queued; the sweeper resends it
             log.warning("could not send job %s to queue %s: %s", job_id, stage, exc)
@@ -134,10 +135,11 @@ def reset_worker_context() -> None:
 
 def run_job(stage: str, job_id: int) -> dict[str, Any]:
     """Run the job a message names, batched with up to B-1 more queued jobs of ``stage``."""
-    from common.runner import batch_size_for, run_claimed
+    from common import stages
+    from common.runner import run_claimed
 
     ctx = worker_context()
-    size = batch_size_for(stage, ctx.settings)
+    size = stages.get(stage).batch_size(ctx.settings)
     started = time.perf_counter()
     claimed = jobstore.claim(ctx.db, stage, size, worker=ctx.worker, ids=[job_id])
     if not claimed:

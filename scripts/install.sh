@@ -69,7 +69,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -c "import torch"
-.venv/bin/pip install -q -e ".[dev]" 2>&1 | quiet
+.venv/bin/pip install -q -e ".[all,dev]" 2>&1 | quiet
 .venv/bin/python -c "import common, transformers, diffusers, celery, selenium, xgrammar, datasets, pytest"
 .venv/bin/ruff --version >/dev/null
 .venv/bin/mypy --version >/dev/null

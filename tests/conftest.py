@@ -107,12 +107,9 @@ def tiny_models(tiny_dir: Path) -> dict[str, Path]:
 
 def use_tiny_models(monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> None:
     """Point the settings at tiny checkpoints with settings that suit them on a CPU."""
-    from common.cli_more import tiny_run_settings
     from common.settings import reset_settings
+    from common.tinymodels import settings_for
 
-    names = {"vl": "SYNTHPIPE_VL_MODEL", "edit": "SYNTHPIPE_EDIT_MODEL", "edit-plus": "SYNTHPIPE_EDIT__PLUS_MODEL"}
-    for name, path in models.items():
-        monkeypatch.setenv(names[name], str(path))
-    for key, value in tiny_run_settings().items():
+    for key, value in settings_for(models).items():
         monkeypatch.setenv(key, value)
     reset_settings()

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from common.cli import _register_extensions, build_parser
+from common.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-
-
-def _registered() -> bool:
-    from common import cli
-
-    return bool(cli._EXTENSIONS)
 
 
 def test_compose_has_every_service_wired() -> None:
@@ -43,8 +37,6 @@ def test_compose_has_every_service_wired() -> None:
 
 
 def test_compose_commands_are_valid_synthpipe_commands() -> None:
-    if not _registered():
-        _register_extensions()
     parser = build_parser()
     for name, svc in _compose()["services"].items():
         if svc.get("image", "").startswith("synthpipe"):

@@ -139,7 +139,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[Cluster]:
-    from common.cli_more import tiny_run_settings
+    from common.tinymodels import tiny_run_settings
     from common.db import Database
 
     Database(pg_url).upgrade()

@@ -16,7 +16,8 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from common.errors import ConfigError  # noqa: E402
-from worker_edit.backends import BACKENDS, MIN_STEPS, SCHEDULERS, get_backend  # noqa: E402
+from worker_edit.backends import EDIT_BACKENDS as BACKENDS
+from worker_edit.backends import MIN_STEPS, SCHEDULERS, get_backend  # noqa: E402
 from worker_edit.backends.base import (  # noqa: E402
     ERROR_BLACK,
     ERROR_NAN,

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from common import jobs as jobstore
 from common.db import Database, get_database
-from common.errors import InputError, TransientError
+from common.errors import ConfigError, InputError, TransientError
 from common.jobs import Outcome
 from common.models import Job
 
@@ -59,7 +59,7 @@ def test_enqueue_is_idempotent(db: Database) -> None:
         again = jobstore.enqueue(s, "vl", "vl:same", {"a": 2})
     assert first is not None and again is None
     assert jobstore.counts(db)["vl"]["queued"] == 1
-    with pytest.raises(ValueError, match="unknown stage"), db.session() as s:
+    with pytest.raises(ConfigError, match="unknown stage"), db.session() as s:
         jobstore.enqueue(s, "paint", "x")
 
 
@@ -72,10 +72,11 @@ def test_claim_hands_each_job_once_and_records(db: Database) -> None:
     assert all(j.attempts == 1 for j in a + b)
     assert jobstore.record(db, a[0], Outcome.ok({"x": 1})) == "succeeded"
     assert jobstore.record(db, a[1], Outcome.from_error(InputError("bad photo"))) == "failed"
-    assert jobstore.record(db, a[2], Outcome.skip("low confidence")) == "skipped"
+    assert jobstore.record(db, a[2], Outcome.skip("vl.low_confidence", "confidence 0.1 below 0.5")) == "skipped"
     assert _job(db, a[1].id).error_message == "bad photo"
-    assert _job(db, a[1].id).error_type == "InputError"
-    assert _job(db, a[2].id).result == {"reason": "low confidence"}
+    assert _job(db, a[1].id).error_type == "input" and _job(db, a[1].id).reason == "input.invalid"
+    assert _job(db, a[2].id).result == {"reason": "vl.low_confidence", "message": "confidence 0.1 below 0.5"}
+    assert _job(db, a[2].id).reason == "vl.low_confidence"
     # recording twice is refused: the claim no longer holds the job
     assert jobstore.record(db, a[0], Outcome.ok({"x": 2})) is None
     assert _job(db, a[0].id).result == {"x": 1}
@@ -202,7 +203,7 @@ def test_lease_expiry_on_last_attempt_is_dead(db: Database) -> None:
     time.sleep(0.1)
     assert jobstore.requeue_expired(db) == []
     job = _job(db, jid)
-    assert job.status == "dead" and job.error_type == "LeaseExpired"
+    assert job.status == "dead" and job.reason == "job.lease_expired"
 
 
 def test_status_counts_have_every_stage_and_status(db: Database) -> None:
@@ -210,7 +211,7 @@ def test_status_counts_have_every_stage_and_status(db: Database) -> None:
     counts = jobstore.counts(db)
     assert set(counts) == {"scrape", "vl", "edit"}
     for by in counts.values():
-        assert set(by) == {"queued", "running", "succeeded", "skipped", "failed", "dead"}
+        assert set(by) == {"queued", "running", "succeeded", "skipped", "failed", "dead", "cancelled"}
     assert counts["edit"]["queued"] == 2 and counts["vl"]["queued"] == 0
 
 

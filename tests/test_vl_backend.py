@@ -17,7 +17,8 @@ pytest.importorskip("xgrammar")
 from pydantic import BaseModel, Field  # noqa: E402
 
 from common.errors import ConfigError  # noqa: E402
-from worker_vl.backends import BACKENDS, get_backend  # noqa: E402
+from common.backends import VL_BACKENDS as BACKENDS
+from worker_vl.backends import get_backend  # noqa: E402
 from worker_vl.backends.base import Backend, VLItem, VLOutput  # noqa: E402
 from worker_vl.constrained import bound_schema  # noqa: E402
 

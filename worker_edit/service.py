@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from common.errors import InputError, ModelOutputError, SynthpipeError, TransientError
+from common.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
+from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis, Edit
@@ -25,12 +26,11 @@ from common.resident import ResidentModels
 from common.runner import StageContext
 from common.settings import Settings
 from worker_edit.backends import get_backend
-from worker_edit.backends.base import ERROR_BLACK, ERROR_NAN, EditItem, EditOutput
+from worker_edit.backends.base import EditItem, EditOutput
 
 log = logging.getLogger(__name__)
 
 RESIDENT = ResidentModels("edit", exclusive=False)  # a try-on and an enrich editor may both be held
-MULTI_IMAGE_BACKENDS = {"qwen-image-edit-plus"}
 
 
 def seed_for(key: str) -> int:
@@ -114,8 +114,9 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
 
 def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageContext, *,
             batch_s: float, batch_size: int) -> Outcome:
-    if out.error is not None or out.image is None:
-        return Outcome.from_error(_error_for(p.job.key, out.error))
+    error = out.exception()
+    if error is not None or out.image is None:
+        return Outcome.from_error(error or ModelOutputError("no image returned", code="edit.no_image"))
     buf = io.BytesIO()
     out.image.save(buf, format="PNG")
     stored = ctx.storage.put(buf.getvalue(), "png")
@@ -131,12 +132,3 @@ def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageCon
 
     result = {"output_uri": stored.uri, "seed": p.item.seed, "width": width, "height": height, **timings}
     return Outcome.ok(result, write=write)
-
-
-def _error_for(key: str, error: str | None) -> SynthpipeError:
-    """Bad output is final (the same seed gives it again); bad input too; anything else may pass."""
-    if error is None or error in (ERROR_NAN, ERROR_BLACK):
-        return ModelOutputError(error or "no image returned")
-    if error.startswith(f"item {key}:"):
-        return InputError(error)
-    return TransientError(error)

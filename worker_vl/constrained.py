@@ -257,14 +257,14 @@ def parse_json_output(text: str) -> Any:
             f"output is not complete JSON ({exc.msg} at char {exc.pos}); the generation "
             "probably reached max_new_tokens: raise max_new_tokens or bound the schema's "
             "strings, arrays and numbers",
-            raw=text,
+            raw=text, code="vl.truncated",
         ) from exc
 
 
 def check_json_output(text: str, failure: str | None = None) -> ModelOutputError | None:
     """The error of a constrained generation (``failure`` from the processor), or None."""
     if failure:
-        return ModelOutputError(f"constrained decoding broke: {failure}", raw=text)
+        return ModelOutputError(f"constrained decoding broke: {failure}", raw=text, code="vl.grammar_failed")
     try:
         parse_json_output(text)
     except ModelOutputError as exc:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from common import jobs as jobstore
-from common.errors import InputError, ModelOutputError, TransientError
+from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis
@@ -32,7 +32,7 @@ from common.schemas import (
 from common.settings import Settings
 from worker_vl.backends import get_backend
 from worker_vl.backends.base import VLItem, VLOutput
-from worker_vl.prompting import render_for
+from common.prompts import render_for
 
 log = logging.getLogger(__name__)
 
@@ -105,41 +105,40 @@ def parse_analysis(recipe: str, raw: str) -> EditCore:
     try:
         return analysis_model(recipe).model_validate(json.loads(raw))
     except json.JSONDecodeError as exc:
-        raise ModelOutputError(f"output is not JSON: {exc}", raw=raw) from None
+        raise ModelOutputError(f"output is not JSON: {exc}", raw=raw, code="vl.not_json") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "(root)"
         raise ModelOutputError(f"output does not match the {recipe} schema at {where}: {first['msg']}",
-                               raw=raw) from None
+                               raw=raw, code="vl.schema_invalid") from None
 
 
-def gate(analysis: EditCore, settings: Settings) -> str | None:
-    """Why an analysis should not be edited, or None when it passes the thresholds."""
+def gate(analysis: EditCore, settings: Settings) -> tuple[str, str] | None:
+    """Why an analysis should not be edited, as (reason code, sentence), or None when it passes."""
     vl = settings.vl
     if FEASIBILITY_RANK[analysis.feasibility] < FEASIBILITY_RANK[vl.min_feasibility]:
-        return f"feasibility {analysis.feasibility} below {vl.min_feasibility}"
+        return "vl.low_feasibility", f"feasibility {analysis.feasibility} below {vl.min_feasibility}"
     if analysis.confidence < vl.min_confidence:
-        return f"confidence {analysis.confidence:.2f} below {vl.min_confidence:.2f}"
+        return "vl.low_confidence", f"confidence {analysis.confidence:.2f} below {vl.min_confidence:.2f}"
     return None
 
 
 def _finish(p: _Prepared, out: VLOutput, settings: Settings, *, batch_s: float, batch_size: int) -> Outcome:
-    if out.error is not None:
-        if out.error_type == "InputError":
-            return Outcome.from_error(InputError(out.error))
-        if out.error_type == "ModelOutputError":
-            return Outcome.from_error(ModelOutputError(out.error, raw=out.raw_text))
-        return Outcome.from_error(TransientError(out.error))
+    error = out.exception()
+    if error is not None:
+        return Outcome.from_error(error)
     try:
         analysis = parse_analysis(p.item_set.recipe, out.raw_text)
     except ModelOutputError as exc:
         return Outcome.from_error(exc)
     timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size,
                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
-    reason = gate(analysis, settings)
-    write = _writer(p, out.raw_text, analysis, timings, settings, enqueue_edit=reason is None)
+    gated = gate(analysis, settings)
+    write = _writer(p, out.raw_text, analysis, timings, settings, enqueue_edit=gated is None)
     result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings}
-    return Outcome.skip(reason, result, write=write) if reason else Outcome.ok(result, write=write)
+    if gated is not None:
+        return Outcome.skip(gated[0], gated[1], result, write=write)
+    return Outcome.ok(result, write=write)
 
 
 def _writer(p: _Prepared, raw: str, analysis: EditCore, timings: dict[str, Any], settings: Settings,

@@ -19,16 +19,18 @@ import numpy as np
 from PIL import Image
 
 from common.devices import resolve_device  # noqa: F401  (re-exported: the backends import it from here)
-from common.errors import ConfigError
+from common.errors import ConfigError, ErrorKind, SynthpipeError, code_of, kind_of, rebuild
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-#: Error texts of outputs that decoded but are not images. Callers may match on them.
+#: Error texts of outputs that decoded but are not images (their codes: edit.nan_output,
+#: edit.black_output).
 ERROR_NAN = "NaN in output"
 ERROR_BLACK = "all-black output"
+_OUTPUT_CODES = {ERROR_NAN: "edit.nan_output", ERROR_BLACK: "edit.black_output"}
 
 #: Largest seed accepted (torch generators take 64-bit seeds; keep to the signed range).
 MAX_SEED = 2**63 - 1
@@ -53,6 +55,19 @@ class EditOutput:
     image: Image.Image | None
     error: str | None = None
     seconds: float = 0.0
+    error_kind: ErrorKind | None = None
+    error_code: str | None = None
+
+    @classmethod
+    def failed(cls, message: str, kind: ErrorKind, code: str, seconds: float = 0.0) -> EditOutput:
+        return cls(None, message, seconds, kind, code)
+
+    def exception(self) -> SynthpipeError | None:
+        """The error this output carries as its type (None when there is an image)."""
+        if self.error is None and self.image is not None:
+            return None
+        return rebuild(self.error_kind or ErrorKind.TRANSIENT, self.error or "no image returned",
+                       code=self.error_code or "edit.no_image")
 
 
 @runtime_checkable
@@ -218,7 +233,7 @@ def screen_items(
             runnable.append(index)
         else:
             logger.warning("%s: %s", label, problem)
-            outputs[index] = EditOutput(None, problem)
+            outputs[index] = EditOutput.failed(problem, ErrorKind.INPUT, "edit.invalid_item")
     return outputs, runnable
 
 
@@ -249,21 +264,22 @@ def run_groups(
                 continue
             logger.exception("%s: item %s failed", label, items[group[0]].key)
             seconds = time.perf_counter() - start
-            outputs[group[0]] = EditOutput(None, f"{type(exc).__name__}: {exc}", seconds)
+            outputs[group[0]] = EditOutput.failed(f"{type(exc).__name__}: {exc}", kind_of(exc), code_of(exc), seconds)
             continue
         share = (time.perf_counter() - start) / len(group)
         for index, array in zip(group, arrays, strict=True):
             error = check_output_array(array)
             if error is not None:
                 logger.warning("%s: item %s: %s", label, items[index].key, error)
-                outputs[index] = EditOutput(None, error, share)
+                outputs[index] = EditOutput.failed(error, ErrorKind.MODEL_OUTPUT, _OUTPUT_CODES[error], share)
             else:
                 outputs[index] = EditOutput(array_to_image(array), None, share)
 
 
 def finish_outputs(outputs: list[EditOutput | None]) -> list[EditOutput]:
     """Replace any slot left empty by a bug with an error output (never drop an item)."""
-    return [o if o is not None else EditOutput(None, "internal error: no result") for o in outputs]
+    return [o if o is not None else EditOutput.failed("internal error: no result", ErrorKind.TRANSIENT, "edit.no_result")
+            for o in outputs]
 
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from common.errors import ErrorKind, SynthpipeError, code_of, kind_of, rebuild
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -29,7 +31,20 @@ class VLOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0  # this item's share of the batch wall time
-    error_type: str | None = None  # class name of the error (InputError, ModelOutputError, ...)
+    error_kind: ErrorKind | None = None  # what kind of failure ``error`` is
+    error_code: str | None = None  # its stable reason code
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, raw_text: str = "", seconds: float = 0.0,
+                       **counts: int) -> VLOutput:
+        return cls(raw_text=raw_text, error=str(exc), error_kind=kind_of(exc), error_code=code_of(exc),
+                   seconds=seconds, **counts)
+
+    def exception(self) -> SynthpipeError | None:
+        """The error this output carries, rebuilt as its type (None when it succeeded)."""
+        if self.error is None:
+            return None
+        return rebuild(self.error_kind or ErrorKind.TRANSIENT, self.error, code=self.error_code, raw=self.raw_text)
 
 
 @runtime_checkable

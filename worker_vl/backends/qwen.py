@@ -383,7 +383,7 @@ class QwenVLBackend:
             if e.grammar is not None:
                 failure = processor.failed.get(r) if processor is not None else None
                 if (exc := check_json_output(text, failure)) is not None:
-                    result.error, result.error_type = str(exc), type(exc).__name__
+                    result.error, result.error_kind, result.error_code = str(exc), exc.kind, exc.code
             results.append(result)
         logger.debug("generated %d items in %.2fs (prompt width %d)", len(encoded), wall, width)
         return results
@@ -392,4 +392,4 @@ class QwenVLBackend:
 def _error_output(exc: BaseException, item: VLItem | None, seconds: float) -> VLOutput:
     if item is not None:
         logger.warning("item %s failed: %s", item.key, exc)
-    return VLOutput(raw_text="", error=str(exc), error_type=type(exc).__name__, seconds=seconds)
+    return VLOutput.from_exception(exc, seconds=seconds)

@@ -1,4 +1,5 @@
-"""Prompt templates: versioned files, filled with an item set's keywords and variation."""
+"""VL prompt templates: versioned files (common/data/prompts), filled with an item set's keywords
+and variation. They live in common because settings check them against the keyword file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 
 from common.errors import ConfigError
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 
 
 @dataclass(frozen=True)

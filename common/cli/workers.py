@@ -1,0 +1,85 @@
+"""Distributed-mode commands: worker, flower."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from common.cli.base import positive, stage_choices
+from common.errors import ConfigError, InputError
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    from common import stages
+
+    stage = stages.get(args.stage)
+    if args.gpu is not None:  # before anything can import torch and see every card
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    if args.batch_size is not None:
+        if stage.batch_size_setting is None:
+            raise InputError(f"--batch-size does not apply to {stage.name} workers (one job per batch)")
+        os.environ["SYNTHPIPE_" + stage.batch_size_setting.upper().replace(".", "__")] = str(args.batch_size)
+    from celery import signals
+
+    from common.celery_app import get_app, task_for
+    from common.db import get_database, reset_databases
+    from common.settings import get_settings, reset_settings
+    from common.transport import Sweeper, reset_worker_context
+
+    reset_settings()
+    settings = get_settings()
+    if not settings.distributed:
+        raise ConfigError("synthpipe worker runs in distributed mode: set SYNTHPIPE_BROKER_URL")
+    get_database(settings.database_url)  # fail now, not on the first task, if the schema is old
+    reset_databases()  # no connection may be shared with forked pool processes
+    app = get_app(settings)
+    if stage.tasks_module:
+        importlib.import_module(stage.tasks_module)
+    task_for(stage.name)
+    # Pool processes make their own engines (and load their own model on first use).
+    signals.worker_process_init.connect(lambda **_: reset_worker_context(), weak=False)
+    sweeper = Sweeper(stage.name, settings.celery.sweep_interval_s, settings.celery.resend_after_s)
+    signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
+    pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
+    card = f"gpu{args.gpu}" if args.gpu is not None else "cpu"
+    app.worker_main([
+        "worker", "--queues", stage.queue, "--concurrency", str(args.concurrency), "--pool", pool,
+        "--hostname", f"{stage.name}-{card}-{os.getpid()}@%h", "--loglevel", args.loglevel, "--task-events",
+        "--without-mingle", "--without-gossip",
+    ])
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from common.celery_app import get_app
+    from common.settings import get_settings
+
+    settings = get_settings()
+    fl = settings.flower
+    if not fl.basic_auth or ":" not in fl.basic_auth:
+        raise ConfigError("flower.basic_auth (SYNTHPIPE_FLOWER__BASIC_AUTH) must be set to user:password")
+    app = get_app(settings)
+    app.start(["flower", f"--port={args.port or fl.port}", f"--address={args.address or fl.address}",
+               f"--basic-auth={fl.basic_auth}", "--persistent=False"])
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("worker", help="distributed mode: a Celery worker for one stage's queue")
+    p.add_argument("stage", choices=stage_choices())
+    p.add_argument("--gpu", type=int, default=None, help="pin this worker to GPU I (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--batch-size", type=positive, default=None, help="jobs per model call (model stages)")
+    p.add_argument("--concurrency", type=positive, default=1,
+                   help="processes; model workers keep 1 per GPU (each process loads its own model)")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
+                   help="default: solo for concurrency 1 (the model lives in the worker process), else prefork")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    f = sub.add_parser("flower", help="distributed mode: Flower monitoring behind basic auth")
+    f.add_argument("--port", type=int, default=None)
+    f.add_argument("--address", default=None)
+    f.set_defaults(func=cmd_flower)
