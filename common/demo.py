@@ -50,10 +50,40 @@ def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: i
     ctx = StageContext(settings=settings, db=db, storage=storage)
     run_all(ctx)
     out = folder / "dataset"
-    exported = export(db, storage, out)
+    # every edit, accepted or not: with random weights nearly all are rejected, and the rows say why
+    exported = export(db, storage, out, decision="all", settings=settings)
     from common.jobs import counts
 
     return {
         "seconds": time.perf_counter() - started, "jobs": counts(db), "rows": exported.rows,
-        "dataset": str(out), "contact_sheet": str(exported.contact_sheet), "settings": env,
+        "decisions": exported.by_decision, "dataset": str(out), "contact_sheet": str(exported.contact_sheet),
+        "settings": env, "notes": decision_notes(db),
     }
+
+
+def decision_notes(db: Any) -> list[str]:
+    """Lines that say how the demo's edits were decided and why nearly all are rejected."""
+    from collections import Counter
+
+    from sqlalchemy import func, select
+
+    from common import stages
+    from common.models import Decision, Edit
+
+    if "score" not in stages.names():
+        return ["edits are not scored: the score stage is not installed; the dataset holds every edit"]
+    with db.session() as s:
+        total = s.scalar(select(func.count()).select_from(Edit)) or 0
+        decided = s.execute(select(Decision.decision, Decision.reasons)).all()
+    accepted = sum(1 for d, _ in decided if d == "accepted")
+    reasons = Counter(str(code) for d, codes in decided if d != "accepted" for code in (codes or []))
+    lines = [f"scored {len(decided)} of {total} edits: {accepted} accepted, {len(decided) - accepted} rejected"]
+    if reasons:
+        lines.append("rejected for: " + ", ".join(f"{code} {n}" for code, n in reasons.most_common()))
+    lines += [
+        "the demo's models have tiny random weights: its edits are noise-like and its CLIP, DINOv2 and judge",
+        "scores are random, so nearly every edit fails a threshold; real checkpoints (settings *_model) give",
+        "real scores. The dataset holds every edit with its decision column; `synthpipe export DIR` keeps the",
+        "accepted ones, `--decision rejected` the preference negatives.",
+    ]
+    return lines

@@ -1,5 +1,5 @@
 """A run's summary: counts per stage and outcome, acceptance per recipe, site and category,
-failures by reason."""
+decisions with their rejection reason codes per recipe, site and category, failures by reason code."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from common import jobs as jobstore
 from common.db import Database
-from common.models import Asset, Edit, ItemSet, ItemSetAsset, Job
+from common.models import Asset, Decision, Edit, ItemSet, ItemSetAsset, Job
 
 LOCAL = "(local files)"
 
@@ -35,21 +35,36 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
             .join(Edit, Edit.item_set_id == primary.c.id)
             .group_by(primary.c.recipe, primary.c.site, primary.c.category)
         ).all()
+        decided = s.execute(
+            select(primary.c.recipe, primary.c.site, primary.c.category, Decision.decision, Decision.reasons)
+            .select_from(Edit)
+            .join(primary, Edit.item_set_id == primary.c.id)
+            .outerjoin(Decision, Decision.edit_id == Edit.id)
+        ).all()
         failures = s.execute(
-            select(Job.stage, Job.status, Job.error_type, Job.error_message)
+            select(Job.stage, Job.status, Job.error_type, Job.reason, Job.error_message)
             .where(Job.status.in_(("failed", "dead")))
+            .order_by(Job.id)
         ).all()
     out["acceptance"] = {
         "by_recipe": _acceptance(vl, edits, lambda r: r[0]),
         "by_site": _acceptance(vl, edits, lambda r: r[1] or LOCAL),
         "by_category": _acceptance(vl, edits, lambda r: r[2] or LOCAL),
     }
+    out["decisions"] = {
+        "by_recipe": _decisions(decided, lambda r: r[0]),
+        "by_site": _decisions(decided, lambda r: r[1] or LOCAL),
+        "by_category": _decisions(decided, lambda r: r[2] or LOCAL),
+    }
     reasons: Counter[tuple[str, str, str]] = Counter()
-    for stage, status, etype, message in failures:
-        reasons[(stage, etype or status, _first_line(message))] += 1
+    examples: dict[tuple[str, str, str], str] = {}
+    for stage, status, etype, code, message in failures:
+        group = (stage, etype or status, code or "unknown")
+        reasons[group] += 1
+        examples.setdefault(group, _first_line(message))
     out["failures"] = [
-        {"stage": stage, "error_type": etype, "reason": reason, "count": n}
-        for (stage, etype, reason), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        {"stage": stage, "error_type": etype, "reason": code, "count": n, "example": examples[(stage, etype, code)]}
+        for (stage, etype, code), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
     if exported is not None:
         out["exported_rows"] = exported
@@ -79,6 +94,25 @@ def _acceptance(vl: Sequence[Any], edits: Sequence[Any], key: Any) -> dict[str, 
         total = g["analysed"] + g["failed"] + g["pending"]
         g["sets"] = total
         g["acceptance"] = round(g["edited"] / total, 4) if total else 0.0
+    return dict(sorted(groups.items()))
+
+
+def _decisions(rows: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:
+    """Per group: accepted, rejected and unscored edits, and rejections counted by reason code
+    (an edit rejected for two reasons counts once under each)."""
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"accepted": 0, "rejected": 0, "unscored": 0,
+                                                            "reasons": Counter()})
+    for row in rows:
+        g = groups[key(row)]
+        decision, codes = row[3], row[4]
+        if decision is None:
+            g["unscored"] += 1
+            continue
+        g["accepted" if decision == "accepted" else "rejected"] += 1
+        if decision != "accepted":
+            g["reasons"].update(str(c) for c in (codes or []))
+    for g in groups.values():
+        g["reasons"] = dict(sorted(g["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
     return dict(sorted(groups.items()))
 
 

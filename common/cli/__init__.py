@@ -22,6 +22,7 @@ log = logging.getLogger("synthpipe")
 #: the command groups, in the order ``--help`` lists them
 COMMAND_MODULES = (
     "common.cli.data",
+    "common.cli.dataset",
     "common.cli.pipeline",
     "common.cli.workers",
     "common.cli.offline",

@@ -1,4 +1,4 @@
-"""Commands that put data in and take it out: db, ingest, pair, export."""
+"""Commands that put data in: db, ingest, pair (import and export live in ``common.cli.dataset``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common.cli.base import context, emit, positive, unit_interval
+from common.cli.base import context, emit, positive
 from common.errors import InputError
 
 
@@ -50,19 +50,6 @@ def cmd_pair(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from common.export import export
-
-    ctx = context()
-    report = export(ctx.db, ctx.storage, Path(args.out_dir), fmt=args.format, min_confidence=args.min_confidence,
-                    settings=ctx.settings)
-    emit(args, report.as_dict(),
-         f"exported {report.rows} rows to {report.out_dir} ({report.format}); "
-         f"{report.filtered} below --min-confidence\nsummary: {report.summary_path}\n"
-         f"contact sheet: {report.contact_sheet}")
-    return 0
-
-
 def register(sub: Any) -> None:
     db = sub.add_parser("db", help="database schema (Alembic)")
     dbs = db.add_subparsers(dest="db_command", required=True)
@@ -86,10 +73,3 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pair)
-
-    e = sub.add_parser("export", help="write the dataset, a summary and a contact sheet to OUT_DIR")
-    e.add_argument("out_dir")
-    e.add_argument("--format", choices=["imagefolder", "parquet"], default="imagefolder")
-    e.add_argument("--min-confidence", type=unit_interval, default=None)
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_export)

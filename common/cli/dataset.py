@@ -1,0 +1,64 @@
+"""Commands that move datasets in and out: ``import`` (outside pairs become scored edits) and
+``export`` (the chosen edits as a dataset, a summary and a contact sheet)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from common.cli.base import context, emit, unit_interval
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from common.importer import ColumnMap, import_pairs
+
+    ctx = context()
+    columns = ColumnMap(input=args.input_column, prompt=args.prompt_column, edited=args.edited_column,
+                        garments=args.garments_column, recipe=args.recipe_column)
+    report = import_pairs(Path(args.path), db=ctx.db, storage=ctx.storage, settings=ctx.settings,
+                          columns=columns, fmt=args.format)
+    lines = [f"imported {report.imported}, duplicates {report.duplicates}, rejected {len(report.rejected)}; "
+             f"{report.queued} score jobs queued"]
+    lines += [f"  rejected row {r['row']} ({r['split']}): {r['reason']}" for r in report.rejected]
+    emit(args, report.as_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from common.export import export
+
+    ctx = context()
+    report = export(ctx.db, ctx.storage, Path(args.out_dir), fmt=args.format, decision=args.decision,
+                    min_confidence=args.min_confidence, settings=ctx.settings)
+    tally = ", ".join(f"{k} {v}" for k, v in sorted(report.by_decision.items()))
+    emit(args, report.as_dict(),
+         f"exported {report.rows} rows ({args.decision}: {tally}) to {report.out_dir} ({report.format}); "
+         f"{report.filtered} below --min-confidence\nsummary: {report.summary_path}\n"
+         f"contact sheet: {report.contact_sheet}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    i = sub.add_parser("import", help="import (input image, edit prompt, edited image) pairs from an imagefolder "
+                       "or parquet dataset at PATH as edits, and queue them for scoring")
+    i.add_argument("path")
+    i.add_argument("--format", choices=["auto", "imagefolder", "parquet"], default="auto",
+                   help="how to read PATH (auto: parquet when PATH is or holds .parquet files)")
+    i.add_argument("--input-column", default="input_image", help="column of the input photo")
+    i.add_argument("--prompt-column", default="edit_prompt", help="column of the instruction")
+    i.add_argument("--edited-column", default="edited_image", help="column of the edited photo")
+    i.add_argument("--garments-column", default="garment_images", help="column of garment photos (optional)")
+    i.add_argument("--recipe-column", default="recipe",
+                   help="column naming tryon or enrich (optional; default: tryon with garments, else enrich)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_import)
+
+    e = sub.add_parser("export", help="write the dataset, a summary and a contact sheet to OUT_DIR")
+    e.add_argument("out_dir")
+    e.add_argument("--format", choices=["imagefolder", "parquet"], default="imagefolder")
+    e.add_argument("--decision", choices=["accepted", "rejected", "all"], default="accepted",
+                   help="accepted edits (default), rejected ones (preference negatives), or all, never-scored included")
+    e.add_argument("--min-confidence", type=unit_interval, default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
