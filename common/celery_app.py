@@ -16,6 +16,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from common import stages
+from common.security import broker_ssl_options
 from common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     registered = stages.all_stages()
     return {
         "broker_url": settings.broker_url,
+        # rediss://: certificates always checked, against celery.broker_ca_file when set; the
+        # producers, workers (and their sweepers) and Flower all connect through this app
+        "broker_use_ssl": broker_ssl_options(settings.broker_url or "", c.broker_ca_file),
         "task_queues": [Queue(s.queue, EXCHANGE, routing_key=s.queue, durable=True) for s in registered],
         "task_routes": {s.task_name: {"queue": s.queue, "exchange": EXCHANGE.name, "routing_key": s.queue}
                         for s in registered},

@@ -19,6 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -171,12 +173,27 @@ class CelerySettings(Section):
     visibility_timeout_s: float = Field(7200.0, gt=0, description="Redis redelivers unacked messages after this")
     sweep_interval_s: float = Field(30.0, gt=0, description="how often a worker returns expired leases and resends lost messages")
     resend_after_s: float = Field(120.0, gt=0, description="a queued job untouched this long gets its message sent again")
+    broker_ca_file: FilePath | None = Field(None, description="CA certificate that signed a rediss:// broker's certificate (self-signed; default: the system's authorities)")
+    allow_insecure_broker: bool = Field(False, description="allow a broker on another machine without TLS or a password (a network you trust)")
 
 
 class FlowerSettings(Section):
     port: int = Field(5555, ge=1, le=65535, description="Flower's port")
     address: str = Field("127.0.0.1", description="Flower's bind address")
     basic_auth: str | None = Field(None, description="user:password")
+
+
+class DatabaseSettings(Section):
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(None, description="PostgreSQL sslmode when database_url has none (verify-full checks the server's name)")
+    ca_file: FilePath | None = Field(None, description="CA certificate for sslmode verify-ca/verify-full when database_url has no sslrootcert")
+    allow_insecure: bool = Field(False, description="allow a database on another machine without TLS (a network you trust)")
+
+
+class StorageSettings(Section):
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...; default: AWS_ENDPOINT_URL or AWS)")
+    s3_region: str | None = Field(None, description="S3 region (default: AWS_DEFAULT_REGION / AWS_REGION)")
+    s3_access_key_id: str | None = Field(None, description="S3 access key (default: AWS_ACCESS_KEY_ID, profiles, instance roles)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (default: AWS_SECRET_ACCESS_KEY)")
 
 
 class Settings(BaseSettings):
@@ -207,6 +224,8 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     celery: CelerySettings = CelerySettings()
     flower: FlowerSettings = FlowerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -235,7 +254,26 @@ class Settings(BaseSettings):
         if self.vl.min_pixels > self.vl.max_pixels:
             raise ValueError("vl.min_pixels must not exceed vl.max_pixels")
         self._keywords_fill_the_prompts()
+        self._shared_services_are_safe()
         return self
+
+    def _shared_services_are_safe(self) -> None:
+        """A broker or database on another machine needs TLS, and the broker a password
+        (common/security.py); decided from the URLs alone, before anything connects."""
+        from common import security
+
+        if self.broker_url and not self.celery.allow_insecure_broker:
+            problem = security.broker_problem(self.broker_url)
+            if problem:
+                raise ValueError(problem)
+        if self.celery.broker_ca_file is not None and not (
+                self.broker_url and security.broker_uses_tls(self.broker_url)):
+            raise ValueError("celery.broker_ca_file (SYNTHPIPE_CELERY__BROKER_CA_FILE) is set but broker_url is "
+                             "not a TLS URL (rediss://...)")
+        if self.database_url and not self.database.allow_insecure:
+            problem = security.database_problem(self.database_url, self.database.sslmode)
+            if problem:
+                raise ValueError(problem)
 
     def _keywords_fill_the_prompts(self) -> None:
         """Every placeholder of the VL prompt templates must come from the keyword file's axes
