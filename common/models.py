@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -237,6 +238,66 @@ class JobEvent(Base):
 
 
 # --- review (issue: human review) ---------------------------------------------------------
+
+
+class Reviewer(Base):
+    """A person who reviews edits. Only hashes are stored: argon2 for the password, sha256 for
+    the script token (a random 256-bit value needs no slow hash)."""
+
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    token_created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewSession(Base):
+    """A login: the cookie holds a random value, the row its sha256 and the form (CSRF) token."""
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Review(Base):
+    """One decision of one reviewer on one edit. Rows are only ever added: the newest row of a
+    (reviewer, edit) is that reviewer's current decision; an undo adds a row that restores the
+    state before the row it undoes (``undoes_id``)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_reviewer_edit", "reviewer_id", "edit_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"), index=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # accepted | rejected | cleared (undone)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    note: Mapped[str | None] = mapped_column(Text)
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)  # rows of one accept-all
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewLoginFailure(Base):
+    """A failed login, by the name tried and the client address: recent ones slow logins down."""
+
+    __tablename__ = "review_login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 # --- train (issue: flywheel) --------------------------------------------------------------
 # --- generate (issue: FLUX) ---------------------------------------------------------------
 
@@ -258,5 +319,9 @@ __all__ = [
     "Job",
     "JobEvent",
     "Score",
+    "Review",
+    "ReviewLoginFailure",
+    "ReviewSession",
+    "Reviewer",
     "utcnow",
 ]

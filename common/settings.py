@@ -196,6 +196,34 @@ class StorageSettings(Section):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (default: AWS_SECRET_ACCESS_KEY)")
 
 
+REVIEW_TAG_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+class ReviewSettings(Section):
+    host: str = Field("127.0.0.1", description="address the review page binds (a non-loopback one needs --public)")
+    port: int = Field(8765, ge=1, le=65535, description="port of the review page")
+    required: int = Field(1, ge=1, description="reviewers who decide each edit before it leaves the queue")
+    tags: list[str] = Field(["identity_lost", "wrong_garment", "artifacts", "instruction_not_followed", "unsafe",
+                             "pose_changed", "background_changed", "low_quality", "other"],
+                            min_length=1, max_length=9, description="reason tags a reviewer toggles with keys 1-9 (codes: a-z, 0-9, _)")
+    page_size: int = Field(20, ge=1, le=200, description="items on one queue page")
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, description="a login lasts this long")
+    login_free_failures: int = Field(5, ge=1, description="failed logins per name or address (within login_window_s) before each further try must wait")
+    login_window_s: float = Field(900.0, gt=0, description="failed logins older than this are forgotten")
+    login_backoff_s: float = Field(2.0, gt=0, description="the first wait after login_free_failures; doubles with each further failure")
+    login_backoff_max_s: float = Field(300.0, gt=0, description="longest wait between login tries")
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_codes(cls, value: list[str]) -> list[str]:
+        bad = [t for t in value if not REVIEW_TAG_RE.fullmatch(t)]
+        if bad:
+            raise ValueError(f"tags are codes (lower-case letters, digits, _): {', '.join(map(repr, bad))}")
+        if len(set(value)) != len(value):
+            raise ValueError("tags must be distinct")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything synthpipe reads from its environment. Validated once, at start-up."""
 
@@ -224,6 +252,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     celery: CelerySettings = CelerySettings()
     flower: FlowerSettings = FlowerSettings()
+    review: ReviewSettings = ReviewSettings()
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
 

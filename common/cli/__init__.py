@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "common.cli.pipeline",
     "common.cli.workers",
     "common.cli.offline",
+    "common.cli.review",
 )
 
 
