@@ -19,6 +19,7 @@ VL_BACKENDS: dict[str, str] = {"qwen": "worker_vl.backends.qwen:QwenVLBackend"}
 EDIT_BACKENDS: dict[str, str] = {
     "instruct-pix2pix": "worker_edit.backends.instruct_pix2pix:InstructPix2PixBackend",
     "qwen-image-edit-plus": "worker_edit.backends.qwen_image_edit:QwenImageEditPlusBackend",
+    "flux-kontext": "worker_edit.backends.flux_kontext:FluxKontextBackend",
 }
 #: edit backends that take the garment photos besides the person photo
 MULTI_IMAGE_EDIT_BACKENDS = frozenset({"qwen-image-edit-plus"})
@@ -36,9 +37,20 @@ SCHEDULERS: dict[str, str] = {
 MIN_STEPS: dict[str, int] = {"pndm": 4}
 
 #: scorer backends of the score stage (``score.scorers``)
-SCORERS: dict[str, str] = {}
+SCORERS: dict[str, str] = {
+    "change": "worker_score.backends.change:ChangeScorer",
+    "identity": "worker_score.backends.identity:IdentityScorer",
+    "clip": "worker_score.backends.clip:ClipScorer",
+    "dino": "worker_score.backends.dino:DinoScorer",
+    "garment": "worker_score.backends.garment:GarmentScorer",
+    # the VLM judge runs on the VL backend, so it lives with it
+    "judge": "worker_vl.judge:VLJudgeScorer",
+}
 
-_KINDS = {"vl": VL_BACKENDS, "edit": EDIT_BACKENDS, "scorer": SCORERS}
+#: text-to-image backends of the generate stage
+GENERATE_BACKENDS: dict[str, str] = {"flux": "worker_generate.backends.flux:FluxBackend"}
+
+_KINDS = {"vl": VL_BACKENDS, "edit": EDIT_BACKENDS, "scorer": SCORERS, "generate": GENERATE_BACKENDS}
 
 
 def load_backend(kind: str, name: str, **kwargs: Any) -> Any:

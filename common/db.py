@@ -10,12 +10,16 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +33,16 @@ Dispatcher = Callable[[list[int]], None]
 class Database:
     """One database: an engine, a session factory, and the hook run after commits."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, connect_args: dict[str, str] | None = None) -> None:
         self.url = url
-        self.engine = _make_engine(url, echo=echo)
+        self.engine = _make_engine(url, echo=echo, connect_args=connect_args or {})
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.dispatcher: Dispatcher | None = None
+        from common.settings import JobSettings
+
+        #: the job settings (lease, attempts, backoff) of whoever uses this database; the
+        #: caller that has the process's settings sets them (``get_database(..., settings=)``)
+        self.jobs: JobSettings = JobSettings()
 
     @property
     def dialect(self) -> str:
@@ -43,6 +52,7 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A transaction: commits on success, rolls back on error, then dispatches new jobs."""
         session = self._sessions()
+        session.info["jobs"] = self.jobs
         try:
             yield session
             session.commit()
@@ -108,7 +118,7 @@ def alembic_config(db: Database):  # -> alembic.config.Config
     return cfg
 
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
+def _make_engine(url: str, *, echo: bool, connect_args: dict[str, str]) -> Engine:
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -121,7 +131,9 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
         engine = create_engine(parsed, echo=echo, connect_args={"timeout": 60})
         _configure_sqlite(engine)
         return engine
-    return create_engine(parsed, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # libpq keywords (sslmode, sslrootcert...) in the URL's query pass straight through to psycopg
+    return create_engine(parsed, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args=connect_args)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -146,16 +158,31 @@ def _configure_sqlite(engine: Engine) -> None:
 _DATABASES: dict[str, Database] = {}
 
 
-def get_database(url: str | None = None, *, ensure: bool = True) -> Database:
-    """The process-wide ``Database`` for ``url`` (default: the settings' URL)."""
+def _tls_connect_args(url: str, settings: Settings | None) -> dict[str, str]:
+    """The settings' ``database.sslmode`` and ``database.ca_file``, where the URL sets neither."""
+    from common.security import database_connect_args
+
+    if settings is None:
+        from common.settings import get_settings
+
+        settings = get_settings()
+    return database_connect_args(url, settings.database.sslmode, settings.database.ca_file)
+
+
+def get_database(url: str | None = None, *, ensure: bool = True, settings: Settings | None = None) -> Database:
+    """The process-wide ``Database`` for ``url`` (default: the settings' URL); with ``settings``,
+    its job settings come from them."""
     if url is None:
         from common.settings import get_settings
 
-        url = get_settings().database_url
+        settings = settings or get_settings()
+        url = settings.database_url
     assert url is not None
     db = _DATABASES.get(url)
     if db is None:
-        db = _DATABASES[url] = Database(url)
+        db = _DATABASES[url] = Database(url, connect_args=_tls_connect_args(url, settings))
+    if settings is not None:
+        db.jobs = settings.jobs
     if ensure:
         db.ensure_schema()
     return db

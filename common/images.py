@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -51,9 +49,8 @@ class LoadedImage:
         return EXTENSIONS.get(self.format, self.format.lower())
 
 
-def load_image(data: bytes, limits: ImageSettings | None = None) -> LoadedImage:
+def load_image(data: bytes, limits: ImageSettings) -> LoadedImage:
     """Decode ``data`` safely or raise ``ImageRejected`` with the reason."""
-    limits = limits or _default_limits()
     if not data:
         raise ImageRejected("empty file", code="image.empty")
     if len(data) > limits.max_bytes:
@@ -98,17 +95,6 @@ def load_image(data: bytes, limits: ImageSettings | None = None) -> LoadedImage:
         image=rgb, format=fmt, width=w, height=h, frames=frames, sha256=sha256_hex(data),
         size_bytes=len(data), phash=dhash(rgb), colour=colour_signature(rgb),
     )
-
-
-def load_image_file(path: str | os.PathLike[str], limits: ImageSettings | None = None) -> tuple[bytes, LoadedImage]:
-    """Read and load a file; the byte limit is checked before reading it."""
-    limits = limits or _default_limits()
-    p = Path(path)
-    size = p.stat().st_size
-    if size > limits.max_bytes:
-        raise ImageRejected(f"too large: {size} bytes (limit {limits.max_bytes})", code="image.too_large")
-    data = p.read_bytes()
-    return data, load_image(data, limits)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -195,9 +181,3 @@ def _apply_orientation(im: Image.Image) -> Image.Image:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
-
-
-def _default_limits() -> ImageSettings:
-    from common.settings import get_settings
-
-    return get_settings().images

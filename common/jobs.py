@@ -26,9 +26,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from common import stages
 from common.db import Database
 from common.errors import ErrorKind, ModelOutputError, code_of, kind_of
-from common import stages
 from common.models import STATUSES, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,7 @@ def enqueue(
     """
     stages.get(stage)  # an unknown stage is an error naming the registered ones
     if max_attempts is None:
-        from common.settings import get_settings
-
-        max_attempts = get_settings().jobs.max_attempts
+        max_attempts = session.info["jobs"].max_attempts if "jobs" in session.info else 3
     now = utcnow()
     values = dict(
         stage=stage, status="queued", key=key, payload=payload or {}, item_set_id=item_set_id,
@@ -159,9 +157,7 @@ def claim(
     if n <= 0:
         return []
     if lease_s is None:
-        from common.settings import get_settings
-
-        lease_s = get_settings().jobs.lease_s
+        lease_s = db.jobs.lease_s
     worker = worker or default_worker_id()
     claimed: list[ClaimedJob] = []
     if ids:
@@ -250,9 +246,7 @@ def record(db: Database, job: ClaimedJob, outcome: Outcome) -> str | None:
     Returns the status written, or None when this claim no longer holds the job (its lease
     expired and it went back to the queue, or it was already recorded): then nothing is written.
     """
-    from common.settings import get_settings
-
-    jobs_cfg = get_settings().jobs
+    jobs_cfg = db.jobs
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
     status: str = outcome.status

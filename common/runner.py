@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from common import jobs as jobstore
+from common import metrics, stages
 from common.db import Database
 from common.errors import ConfigError
 from common.jobs import ClaimedJob, Outcome
-from common import stages
 from common.models import utcnow
 from common.progress import bar
 from common.settings import Settings
@@ -36,6 +36,9 @@ class StageContext:
     db: Database
     storage: Storage
     worker: str = field(default_factory=jobstore.default_worker_id)
+
+    def __post_init__(self) -> None:
+        self.db.jobs = self.settings.jobs  # the job store works with this context's settings
 
 
 @dataclass
@@ -71,6 +74,7 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
     if not claimed:
         return stats
     fn = stage_function(stage)
+    started = time.perf_counter()
     with _Heartbeat(ctx.db, list(claimed), ctx.settings.jobs.lease_s):
         try:
             outcomes = fn(list(claimed), ctx)
@@ -85,10 +89,12 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
             outcomes = [Outcome.from_error(exc) for _ in claimed]
     for job, outcome in zip(claimed, outcomes, strict=True):
         try:
-            stats.add(jobstore.record(ctx.db, job, outcome))
+            stats.add(metrics.job_recorded(stage, jobstore.record(ctx.db, job, outcome), outcome))
         except Exception as exc:  # e.g. the output writer broke: record that instead
             log.exception("recording job %s failed", job.id)
-            stats.add(jobstore.record(ctx.db, job, Outcome.from_error(exc)))
+            broken = Outcome.from_error(exc)
+            stats.add(metrics.job_recorded(stage, jobstore.record(ctx.db, job, broken), broken))
+    metrics.batch_done(stage, len(claimed), outcomes, time.perf_counter() - started)
     return stats
 
 

@@ -87,6 +87,37 @@ class EnrichAnalysis(EditCore, EnrichObservations):
     """One character photo: a variation that must keep the character's identity."""
 
 
+#: a judge's rating: 0 (worst) to 10 (best); an enum, so constrained decoding stays in range
+Rating = Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+JUDGE_SCHEMA_VERSION = "1"
+
+
+class JudgeVerdict(Strict):
+    """A VLM judge's verdict on one edit (VIEScore-style criteria). Higher is better on every
+    scale: ``over_editing`` 10 means nothing was changed beyond the instruction, ``artifacts``
+    10 means none are visible."""
+
+    reasons: list[Phrase] = Field(min_length=1, max_length=3, description="what the ratings rest on")
+    instruction_followed: Rating
+    over_editing: Rating
+    naturalness: Rating
+    artifacts: Rating
+    identity_kept: Rating
+    garment_match: Rating
+
+    def combined(self) -> dict[str, float]:
+        """The ratings as metrics, plus VIEScore's SC = min(success, over-editing),
+        PQ = min(naturalness, artifacts) and overall = sqrt(SC * PQ), all on 0-10."""
+        sc = min(self.instruction_followed, self.over_editing)
+        pq = min(self.naturalness, self.artifacts)
+        return {
+            "judge_instruction": float(self.instruction_followed), "judge_over_editing": float(self.over_editing),
+            "judge_naturalness": float(self.naturalness), "judge_artifacts": float(self.artifacts),
+            "judge_identity": float(self.identity_kept), "judge_garment": float(self.garment_match),
+            "judge_sc": float(sc), "judge_pq": float(pq), "judge_overall": round(float((sc * pq) ** 0.5), 4),
+        }
+
+
 ANALYSIS_MODELS: dict[str, type[EditCore]] = {"tryon": TryOnAnalysis, "enrich": EnrichAnalysis}
 
 

@@ -7,6 +7,7 @@ Defaults are the embedded ones: a SQLite file and local storage under ``data_dir
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -27,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -61,6 +63,12 @@ def _check_name(value: str, registry: Any, what: str) -> str:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_adapter(value: str) -> str:
+    if value in ("none", "latest") or (value.isdigit() and int(value) > 0):
+        return value
+    raise ValueError("must be an adapter id (synthpipe adapters list), latest or none")
 
 
 class JobSettings(Section):
@@ -99,6 +107,12 @@ class VLSettings(Section):
     prompt_version: str = Field("v1", description="prompt template version (common/data/prompts/<recipe>.<version>.yaml)")
     min_confidence: float = Field(0.0, ge=0, le=1, description="analyses below this confidence are skipped, not edited")
     min_feasibility: Literal["low", "medium", "high"] = Field("low", description="analyses below this feasibility are skipped, not edited")
+    adapter: str = Field("none", description="LoRA adapter of the VL model: an adapter id, latest (newest vl adapter) or none")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_choice(cls, value: str) -> str:
+        return _check_adapter(value)
 
     @field_validator("backend")
     @classmethod
@@ -126,6 +140,14 @@ class EditSettings(Section):
     plus_model: str = Field("Qwen/Qwen-Image-Edit-2509", description="checkpoint of the multi-image editor")
     plus_steps: int = Field(40, ge=1, description="steps for the multi-image editor")
     plus_guidance_scale: float = Field(4.0, ge=0, description="true CFG scale for the multi-image editor")
+    kontext_model: str = Field("black-forest-labs/FLUX.1-Kontext-dev", description="checkpoint of the flux-kontext editor (hub id or local directory)")
+    kontext_steps: int = Field(28, ge=1, description="denoising steps (flux-kontext)")
+    kontext_guidance_scale: float = Field(2.5, ge=0, description="distilled guidance (flux-kontext)")
+    kontext_true_cfg_scale: float = Field(1.0, ge=1, description="true CFG with the negative prompt when above 1 (flux-kontext; doubles the cost)")
+    kontext_max_sequence_length: int = Field(512, ge=1, le=512, description="T5 prompt tokens (flux-kontext)")
+    kontext_auto_resize: bool = Field(False, description="snap the reference image to Kontext's preferred resolutions instead of the output size")
+    kontext_lora_path: Path | None = Field(None, description="folder of a LoRA adapter (save_lora_weights layout, e.g. a synthpipe adapter) loaded into flux-kontext")
+    kontext_lora_scale: float = Field(1.0, ge=0, description="weight of that LoRA")
     batch_size: int = Field(4, ge=1, description="edits per pipeline call")
     device: Device = Field("auto", description="device the model runs on")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
@@ -135,6 +157,12 @@ class EditSettings(Section):
     scheduler: str = Field("euler_ancestral", description="InstructPix2Pix scheduler")
     max_side: int = Field(512, ge=64, description="longest output side in pixels (multiple of 8)")
     negative_prompt: str | None = Field(None, description="negative prompt for every edit")
+    adapter: str = Field("none", description="LoRA adapter of the InstructPix2Pix UNet: an adapter id, latest (newest edit adapter) or none")
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_choice(cls, value: str) -> str:
+        return _check_adapter(value)
 
     @field_validator("backend", "backend_tryon", "backend_enrich")
     @classmethod
@@ -151,6 +179,38 @@ class EditSettings(Section):
         return _check_name(value, SCHEDULERS, "InstructPix2Pix scheduler")
 
 
+class GenerateSettings(Section):
+    model: str = Field("black-forest-labs/FLUX.1-dev", description="text-to-image FLUX checkpoint (FLUX.1-schnell for speed: 4 steps, guidance 0, 256 tokens)")
+    steps: int = Field(28, ge=1, description="denoising steps")
+    guidance_scale: float = Field(3.5, ge=0, description="distilled guidance (FLUX.1-dev; schnell ignores it)")
+    width: int = Field(1024, ge=16, description="image width in pixels (multiple of 16)")
+    height: int = Field(1024, ge=16, description="image height in pixels (multiple of 16)")
+    batch_size: int = Field(4, ge=1, description="images per pipeline call")
+    device: Device = Field("auto", description="device the model runs on")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
+    max_sequence_length: int = Field(512, ge=1, le=512, description="T5 prompt tokens")
+    adapter: str = Field("latest", description="character adapter when --adapter is not given: an adapter id, latest (the newest for that character, none if it has none) or none")
+    lora_scale: float = Field(1.0, ge=0, description="weight of the character LoRA")
+    trigger_word: str = Field("sks", min_length=1, description="the character's token when no adapter names one")
+    prompt_template: str = Field("a photo of {trigger} person, {setting}, {lighting}, {style} style, {season}", description="text prompt; {trigger} and the keyword file's context axes are filled in")
+    phash_threshold: int | None = Field(4, ge=0, le=64, description="near-duplicate distance for generated images (none: exact duplicates only)")
+    identity_score: bool = Field(True, description="queue a score job (identity against the source photo) for every generated image")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("must be a multiple of 16 (FLUX packs 8x-downsampled latents 2x2)")
+        return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_choice(cls, value: str) -> str:
+        if value not in ("latest", "none") and not value.isdigit():
+            raise ValueError("must be an adapter id, latest or none")
+        return value
+
+
 class ScrapeSettings(Section):
     user_agent: str = Field("synthpipe-crawler/0.1 (+https://github.com/synthpipe/synthpipe)", description="User-Agent of pages, images and robots.txt requests")
     page_timeout_s: float = Field(30.0, gt=0, description="a page that takes longer fails with reason timeout")
@@ -161,6 +221,101 @@ class ScrapeSettings(Section):
     settle_s: float = Field(0.5, ge=0, description="wait after load for scripts and lazy images")
     chromium_path: Path = Field(Path("/usr/bin/chromium"), description="Chromium binary")
     chromedriver_path: Path = Field(Path("/usr/bin/chromedriver"), description="chromedriver binary")
+    concurrency: int = Field(1, ge=1, le=64, description="sites crawled at once by one worker (one browser each); per-host politeness holds whatever it is")
+    download_workers: int = Field(4, ge=1, le=64, description="image downloads in flight at once across hosts (one per host at a time)")
+    max_redirects: int = Field(5, ge=0, description="redirect hops followed for one image")
+    scroll_steps: int = Field(6, ge=0, description="viewport-high scroll steps on each page to trigger lazy loaders")
+    max_images_per_page: int | None = Field(None, ge=1, description="images taken from one page (none: all)")
+    max_crawl_seconds: float | None = Field(None, gt=0, description="per crawl batch (none: no limit)")
+    robots_on_unreachable: Literal["deny", "allow"] = Field("deny", description="a host whose robots.txt cannot be read (5xx, timeout) is not crawled (deny) or crawled unrestricted (allow)")
+    sitemaps: bool = Field(True, description="seed crawls from each site's sitemaps (robots.txt Sitemap: lines, else /sitemap.xml)")
+    sitemap_max_urls: int = Field(5000, ge=0, description="page URLs taken from one site's sitemaps")
+    sitemap_max_bytes: int = Field(50_000_000, ge=1, description="bytes read from one sitemap file (after gunzip)")
+    sitemap_max_files: int = Field(20, ge=1, description="sitemap files (indexes included) read per site")
+
+
+class TrainSettings(Section):
+    edit_rank: int = Field(4, ge=1, description="LoRA rank of the edit model's denoiser")
+    edit_lr: float = Field(1e-4, gt=0, description="learning rate of edit LoRAs")
+    edit_steps: int = Field(200, ge=1, description="optimizer steps of one edit train job")
+    edit_resolution: int = Field(256, ge=16, description="training resolution of edit LoRAs (square, multiple of 8)")
+    vl_rank: int = Field(8, ge=1, description="LoRA rank of the VL model")
+    vl_lr: float = Field(1e-4, gt=0, description="learning rate of VL LoRAs")
+    vl_steps: int = Field(100, ge=1, description="optimizer steps of one VL train job")
+    vl_resolution: int = Field(448, ge=28, description="longest image side the VL trainer feeds the vision tower")
+    vl_quantization: Literal["auto", "none", "4bit"] = Field("auto", description="QLoRA: auto is 4-bit (bitsandbytes) on CUDA, none on CPU")
+    batch_size: int = Field(2, ge=1, description="examples per optimizer step")
+    checkpoint_every: int = Field(25, ge=1, description="steps between resumable checkpoints")
+    conditioning_dropout: float = Field(0.05, ge=0, le=1, description="edit LoRA: probability of dropping the text, the image, or both (classifier-free guidance)")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass (CUDA)")
+    optimizer: Literal["auto", "adamw", "adamw8bit"] = Field("auto", description="auto is 8-bit AdamW (bitsandbytes) on CUDA, AdamW on CPU")
+    device: Device = Field("auto", description="device train jobs run on")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
+    seed: int = Field(0, ge=0, description="seed of LoRA initialisation, example order and noise")
+    eval_seed: int = Field(1234, ge=0, description="flywheel: seed that picks the held-out item sets")
+
+
+class ScoreThresholds(Section):
+    """Thresholds of one recipe; a threshold applies only to a metric that was computed, and
+    unset (None) turns it off. Defaults follow InstructPix2Pix (CLIP), UltraEdit (DINOv2, SSIM)
+    and dlib (identity)."""
+
+    clip_image_min: float | None = Field(0.7, description="CLIP image-image cosine, input vs edit (code clip_image_low)")
+    clip_direction_min: float | None = Field(0.2, description="CLIP directional similarity (code clip_direction_low)")
+    clip_text_min: float | None = Field(0.2, description="CLIP edit image vs instruction cosine (code clip_text_low)")
+    dino_min: float | None = Field(0.4, description="DINOv2 CLS cosine, input vs edit (code dino_low)")
+    garment_min: float | None = Field(0.3, description="best garment similarity of the edited clothing (code garment_low)")
+    ssim_max: float | None = Field(None, description="plain SSIM upper bound (code ssim_too_high); off: it would reject relit photos, no_change covers unchanged edits")
+    ssim_min: float | None = Field(None, description="SSIM lower bound against edits that changed everything (code ssim_too_low)")
+    mad_max: float | None = Field(None, description="colour mean absolute difference upper bound, 0-1 (code change_too_large)")
+    no_change_ssim: float | None = Field(0.98, description="no_change: SSIM at or above this and ...")
+    no_change_mad: float | None = Field(0.01, description="... colour mean absolute difference (0-1) at or below this")
+    identity_max: float | None = Field(0.6, description="largest dlib face descriptor distance input vs edit (code identity_lost)")
+    judge_min: float | None = Field(7.0, description="lowest judge overall score, 0-10 (code judge_low)")
+
+
+class EnrichThresholds(ScoreThresholds):
+    """Enrich (one character photo, relit or restaged): as try-on, with no garment to match."""
+
+    garment_min: float | None = Field(None, description="no garment photos in enrich sets")
+
+
+class ScoreSettings(Section):
+    scorers: Annotated[list[str], NoDecode] = Field(["change", "identity", "clip", "dino", "garment"], description="scorers every edit gets, comma-separated (change, identity, clip, dino, garment, judge)")
+    batch_size: int = Field(8, ge=1, description="edits per score batch (one forward pass per scorer)")
+    device: Device = Field("auto", description="device the scorer models run on")
+    clip_model: str = Field("openai/clip-vit-large-patch14", description="hub id or local directory of the CLIP checkpoint")
+    clip_source_caption: str = Field("a photo", description="text the instruction is compared against for CLIP directional similarity (the input photo has no caption)")
+    dino_model: str = Field("facebook/dinov2-base", description="hub id or local directory of the DINOv2 checkpoint")
+    garment_model: str | None = Field(None, description="DINOv2 checkpoint of the garment scorer (default: dino_model)")
+    change_side: int = Field(256, ge=16, description="longest side both photos are resized to before MAD and SSIM")
+    face_upsample: int = Field(1, ge=0, le=3, description="times dlib's HOG detector upsamples (finds smaller faces, slower)")
+    face_max_side: int = Field(1024, ge=64, description="photos are shrunk to this longest side before face detection")
+    tryon: ScoreThresholds = ScoreThresholds()
+    enrich: EnrichThresholds = EnrichThresholds()
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, value: list[str]) -> list[str]:
+        from common.backends import SCORERS
+
+        for name in value:
+            _check_name(name, SCORERS, f"scorer {name!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("names a scorer twice")
+        return value
+
+    def thresholds_for(self, recipe: str) -> dict[str, float | None]:
+        """The thresholds of ``recipe`` (try-on's for a recipe without its own)."""
+        section = self.enrich if recipe == "enrich" else self.tryon
+        return section.model_dump()
 
 
 class ModelSettings(Section):
@@ -194,6 +349,13 @@ class StorageSettings(Section):
     s3_region: str | None = Field(None, description="S3 region (default: AWS_DEFAULT_REGION / AWS_REGION)")
     s3_access_key_id: str | None = Field(None, description="S3 access key (default: AWS_ACCESS_KEY_ID, profiles, instance roles)")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (default: AWS_SECRET_ACCESS_KEY)")
+
+
+class MetricsSettings(Section):
+    port: int = Field(9464, ge=1, le=65535, description="port of `synthpipe metrics` (store and broker gauges)")
+    address: str = Field("127.0.0.1", description="bind address of `synthpipe metrics` and of every worker's --metrics-port")
+    multiproc_dir: Path | None = Field(None, description="where prefork workers keep per-process metric files (default: the system temp directory)")
+    gpu: bool = Field(True, description="report GPU memory and utilisation through NVML when a card is there")
 
 
 REVIEW_TAG_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -241,20 +403,24 @@ class Settings(BaseSettings):
     vl_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id or local directory of the Qwen-VL checkpoint")
     edit_model: str = Field("timbrooks/instruct-pix2pix", description="hub id or local directory of the InstructPix2Pix checkpoint")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level of every command")
-    plugins: list[str] = Field([], description="modules imported at start-up that register extra stages (common.stages.register)")
+    plugins: Annotated[list[str], NoDecode] = Field([], description="modules imported at start-up that register extra stages (common.stages.register), comma-separated")
 
     jobs: JobSettings = JobSettings()
     images: ImageSettings = ImageSettings()
     pairing: PairingSettings = PairingSettings()
     vl: VLSettings = VLSettings()
     edit: EditSettings = EditSettings()
+    generate: GenerateSettings = GenerateSettings()
     scrape: ScrapeSettings = ScrapeSettings()
+    train: TrainSettings = TrainSettings()
+    score: ScoreSettings = ScoreSettings()
     models: ModelSettings = ModelSettings()
     celery: CelerySettings = CelerySettings()
     flower: FlowerSettings = FlowerSettings()
-    review: ReviewSettings = ReviewSettings()
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -322,6 +488,13 @@ class Settings(BaseSettings):
                     f"pairing.keywords_file ({ENV_PREFIX}PAIRING__KEYWORDS_FILE): {where} has no axis "
                     f"{', '.join(map(repr, missing))}, which prompt {recipe}.{self.vl.prompt_version} needs")
 
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
     @property
     def distributed(self) -> bool:
         """Distributed mode (Celery on a broker) is on when a broker URL is set."""
@@ -336,17 +509,41 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get(TOML_FILE_ENV, "synthpipe.toml"))
+        toml_path = _toml_path()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
 
+def _known_variables() -> list[str]:
+    """Every ``SYNTHPIPE_*`` variable that names a setting (sections' keys included)."""
+    names = []
+    for name, f in Settings.model_fields.items():
+        names.append(ENV_PREFIX + name.upper())
+        if isinstance(f.default, BaseModel):
+            names += [f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in type(f.default).model_fields]
+    return names
+
+
+def _did_you_mean(var: str) -> str:
+    close = difflib.get_close_matches(var.upper(), _known_variables(), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get(TOML_FILE_ENV, "synthpipe.toml"))
+
+
 def _key_name(loc: tuple[Any, ...]) -> str:
+    """Where the bad value came from: the variable when it is set, else the toml file's key."""
     parts = [str(p) for p in loc if not isinstance(p, int)]
     env = ENV_PREFIX + "__".join(p.upper() for p in parts)
-    return f"{'.'.join(parts)} ({env})"
+    dotted = ".".join(parts)
+    if env not in {k.upper() for k in os.environ} and _toml_path().is_file():
+        table = f"[{parts[0]}] {'.'.join(parts[1:])}" if len(parts) > 1 else parts[0]
+        return f"{_toml_path()}: {table}"
+    return f"{dotted} ({env})"
 
 
 def _unknown_variables() -> list[str]:
@@ -372,7 +569,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build and validate settings; an invalid value raises ``ConfigError`` naming the key."""
     unknown = _unknown_variables()
     if unknown:
-        raise ConfigError(f"invalid settings: {', '.join(unknown)}: unknown setting (see README, Configuration)")
+        raise ConfigError("invalid settings: " + "; ".join(
+            f"{var}: unknown setting{_did_you_mean(var)}" for var in unknown) + " (see docs/SETTINGS.md)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -380,8 +578,11 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = "unknown setting"
-            elif err["type"] in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
+                loc = tuple(err["loc"])
+                var = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+                lines.append(f"{_key_name(loc)}: unknown setting{_did_you_mean(var)}")
+                continue
+            if err["type"] in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
                 msg = f"must be one of {err['ctx']['expected']}"
             if not err["loc"]:  # a rule across several settings: its message names them
                 lines.append(msg.removeprefix("Value error, "))
@@ -389,6 +590,8 @@ def load_settings(**overrides: Any) -> Settings:
             msg = msg.removeprefix("Value error, ")
             lines.append(f"{_key_name(tuple(err['loc']))}: {msg} (got {err.get('input')!r})")
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+    except ValueError as exc:  # e.g. a synthpipe.toml that is not TOML
+        raise ConfigError(f"invalid settings: {_toml_path()}: {exc}") from None
 
 
 @functools.cache

@@ -105,7 +105,8 @@ def _resolve(target: str) -> Any:
 # --- the built-in stages -------------------------------------------------------------------
 
 register(Stage("scrape", "worker_scrape.service:process_batch", "scrape.crawl", "worker_scrape.tasks",
-               order=10, help="crawl batches in headless Chromium"))
+               batch_size_setting="scrape.concurrency", order=10,
+               help="crawl batches in headless Chromium, scrape.concurrency sites at once"))
 register(Stage("vl", "worker_vl.service:process_batch", "vl.analyze", "worker_vl.tasks",
                batch_size_setting="vl.batch_size", holds_model=True, order=20,
                help="vision-language analyses of item sets"))

@@ -118,7 +118,7 @@ def worker_context():  # -> StageContext
         from common.storage import get_storage
 
         settings = get_settings()
-        db = get_database(settings.database_url)
+        db = get_database(settings.database_url, settings=settings)
         install_dispatcher(db)
         ctx = _CONTEXT["ctx"] = StageContext(settings=settings, db=db, storage=get_storage(settings.storage_url))
     return ctx

@@ -139,8 +139,8 @@ class Cluster:
 
 @pytest.fixture
 def cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[Cluster]:
-    from common.tinymodels import tiny_run_settings
     from common.db import Database
+    from common.tinymodels import tiny_run_settings
 
     Database(pg_url).upgrade()
     env = {
@@ -258,9 +258,9 @@ def test_poison_job_ends_dead_while_others_finish(cluster: Cluster) -> None:
     assert counts.get("dead") == 1, counts
     assert counts.get("succeeded", 0) + counts.get("skipped", 0) == 3
     with cluster.engine.connect() as c:
-        attempts, etype, msg = c.execute(select(Job.attempts, Job.error_type, Job.error_message)
-                                         .where(Job.key == "vl:poison")).one()
-    assert attempts == 3 and etype == "ValueError" and "gave up after 3 attempts" in msg
+        attempts, reason, msg = c.execute(select(Job.attempts, Job.reason, Job.error_message)
+                                          .where(Job.key == "vl:poison")).one()
+    assert attempts == 3 and reason == "unexpected.ValueError" and "gave up after 3 attempts" in msg
 
 
 def test_redis_restart_and_dropped_database_connections_are_survived(cluster: Cluster,

@@ -125,10 +125,10 @@ def test_registry() -> None:
         get_backend("instruct-pix2pix", scheduler="lms")
 
 
-def test_load_failures_are_settings_errors_unless_the_network_failed(tmp_path) -> None:
+def test_load_failures_are_settings_errors_naming_the_fix(tmp_path) -> None:
     import requests
 
-    from common.errors import TransientError, model_load_error
+    from common.errors import model_load_error
 
     missing = get_backend("instruct-pix2pix", model=str(tmp_path / "no-such-checkpoint"))
     with pytest.raises(ConfigError, match="could not be loaded"):
@@ -138,10 +138,12 @@ def test_load_failures_are_settings_errors_unless_the_network_failed(tmp_path) -
             raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/models/x")
         except requests.exceptions.ConnectionError as net:
             raise OSError("We couldn't connect to the hub to load this model") from net
-    except OSError as exc:
-        assert isinstance(model_load_error("x", exc), TransientError)
-    assert isinstance(model_load_error("x", TimeoutError("read timed out")), TransientError)
-    assert isinstance(model_load_error("x", ValueError("not a pipeline")), ConfigError)
+    except OSError as exc:  # unreachable and not cached: retrying cannot find it
+        offline = model_load_error("x", exc, "edit_model (SYNTHPIPE_EDIT_MODEL)")
+        assert isinstance(offline, ConfigError) and offline.code == "model.not_found"
+        assert "hub is unreachable" in str(offline) and "SYNTHPIPE_EDIT_MODEL" in str(offline)
+    error = model_load_error("x", ValueError("not a pipeline"))
+    assert isinstance(error, ConfigError) and "models tiny" in str(error) and "not a pipeline" in str(error)
 
 
 # ----------------------------------------------------------------------------- InstructPix2Pix

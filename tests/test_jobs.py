@@ -89,10 +89,11 @@ def test_claim_prefers_named_ids(db: Database) -> None:
 
 
 def test_retry_backs_off_then_dead_at_cap(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.settings import reset_settings
+    from common.settings import get_settings, reset_settings
 
     monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "1.5")  # long enough to observe on a busy machine
     reset_settings()
+    db.jobs = get_settings().jobs  # the job store takes its settings from its caller
     (jid,) = _queue(db, 1, max_attempts=2)
     (j1,) = jobstore.claim(db, "vl", 1)
     assert jobstore.record(db, j1, Outcome.from_error(TransientError("GPU busy"))) == "queued"

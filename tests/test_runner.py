@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from common import jobs as jobstore
+from common import stages
 from common.errors import InputError, TransientError
 from common.jobs import ClaimedJob, Outcome
-from common import stages
 from common.runner import RunStats, StageContext, run_stage
 
 CALLS: list[list[int]] = []

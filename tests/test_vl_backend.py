@@ -16,8 +16,8 @@ pytest.importorskip("xgrammar")
 
 from pydantic import BaseModel, Field  # noqa: E402
 
-from common.errors import ConfigError  # noqa: E402
 from common.backends import VL_BACKENDS as BACKENDS
+from common.errors import ConfigError  # noqa: E402
 from worker_vl.backends import get_backend  # noqa: E402
 from worker_vl.backends.base import Backend, VLItem, VLOutput  # noqa: E402
 from worker_vl.constrained import bound_schema  # noqa: E402
@@ -193,7 +193,7 @@ def test_bad_items_fail_alone(backend) -> None:
     assert outputs[1].error is None
     Analysis.model_validate_json(outputs[1].raw_text)
     for k in (0, 2, 3, 4):
-        assert outputs[k].error and outputs[k].error_type == "InputError", outputs[k]
+        assert outputs[k].error and outputs[k].error_kind == "input", outputs[k]
         assert outputs[k].raw_text == ""
     assert "0 images" in outputs[0].error
     assert "1x1" in outputs[2].error
@@ -243,7 +243,7 @@ def test_too_few_new_tokens_is_reported_not_raised(tiny_path: Path) -> None:
     short = get_backend("qwen", model=str(tiny_path), max_new_tokens=8)
     outputs = short.run_batch([_item(0), _item(1)])
     for out in outputs:
-        assert out.error_type == "ModelOutputError" and "max_new_tokens" in (out.error or "")
+        assert out.error_kind == "model_output" and out.error_code == "vl.truncated" and "max_new_tokens" in (out.error or "")
         assert out.raw_text.startswith("{") and out.completion_tokens == 8
     short.unload()
 

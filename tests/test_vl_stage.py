@@ -117,7 +117,7 @@ def test_a_corrupt_image_fails_its_set_alone(tiny: None, tmp_path: Path) -> None
     with db.session() as s:
         for job in s.scalars(select(Job).where(Job.stage == "vl", Job.status == "failed")):
             assert job.item_set_id in affected
-            assert job.error_type == "InputError"
+            assert job.error_type == "input"
             assert f"person photo asset {victim_id}" in (job.error_message or "")
             assert "truncated or corrupt" in (job.error_message or "")
 
@@ -152,7 +152,7 @@ def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
     assert by_status == {"skipped": 2}
     with get_database().session() as s:
         failed = s.get(Job, first_id)
-        assert failed is not None and failed.error_type == "ModelOutputError"
+        assert failed is not None and failed.error_type == "model_output"
         assert failed.result and len(failed.result["raw"]) > 0  # the raw output is kept
         for job in s.scalars(select(Job).where(Job.stage == "vl", Job.status == "skipped")):
             assert job.result and job.result["reason"].startswith(("feasibility", "confidence"))
@@ -183,7 +183,7 @@ def test_a_misconfigured_runner_gives_the_jobs_back_uncharged(tiny: None, tmp_pa
         assert len(jobs) == 3 and {j.status for j in jobs} == {"queued"}
         claimed = [j for j in jobs if j.attempts == 1]
         assert len(claimed) == 2 and {j.max_attempts for j in claimed} == {4}
-        assert all(j.error_type == "ConfigError" and "CUDA" in (j.error_message or "") for j in claimed)
+        assert all(j.error_type == "config" and "CUDA" in (j.error_message or "") for j in claimed)
     monkeypatch.delenv("SYNTHPIPE_VL__DEVICE")
     reset_settings()
     assert _run_vl(batch_size=2) == {"succeeded": 3}

@@ -16,11 +16,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from common import jobs as jobstore
+from common.adapters import materialize, resolve_adapter
 from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis
-from common.resident import ResidentModels
+from common.prompts import render_for
+from common.resident import on_device
 from common.runner import StageContext
 from common.schemas import (
     FEASIBILITY_RANK,
@@ -32,11 +34,8 @@ from common.schemas import (
 from common.settings import Settings
 from worker_vl.backends import get_backend
 from worker_vl.backends.base import VLItem, VLOutput
-from common.prompts import render_for
 
 log = logging.getLogger(__name__)
-
-RESIDENT = ResidentModels("vl")
 
 
 def backend_options(settings: Settings) -> dict[str, Any]:
@@ -50,11 +49,13 @@ def backend_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def resident_backend(settings: Settings):  # -> Backend
+def resident_backend(settings: Settings, adapter: str | None = None):  # -> Backend
     """The process's loaded backend for these settings (loaded on first use, then kept)."""
     opts = backend_options(settings)
+    if adapter is not None:  # a LoRA folder (named by its hash): part of the residency key
+        opts["adapter"] = adapter
     key = (settings.vl.backend, *sorted(opts.items()))
-    return RESIDENT.get(key, lambda: get_backend(settings.vl.backend, **opts),
+    return on_device(settings.vl.device, settings).get(key, lambda: get_backend(settings.vl.backend, **opts),
                         label=f"{settings.vl.backend} {settings.vl_model}")
 
 
@@ -63,6 +64,8 @@ class _Prepared:
     job: ClaimedJob
     item_set: ItemSetView
     item: VLItem
+    adapter_id: int | None = None
+    adapter_path: str | None = None
 
 
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
@@ -76,13 +79,16 @@ def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
         except Exception as exc:  # this job alone: input errors fail it, anything else is retried
             log.warning("%s job %s could not be prepared: %s", "vl", job.key, exc)
             outcomes[job.id] = Outcome.from_error(exc)
-    if prepared:
-        backend = resident_backend(settings)
+    groups: dict[str | None, list[_Prepared]] = {}
+    for p in prepared:
+        groups.setdefault(p.adapter_path, []).append(p)
+    for adapter, group in groups.items():
+        backend = resident_backend(settings, adapter)
         started = time.perf_counter()
-        outputs = backend.run_batch([p.item for p in prepared])
+        outputs = backend.run_batch([p.item for p in group])
         batch_s = time.perf_counter() - started
-        for p, out in zip(prepared, outputs, strict=True):
-            outcomes[p.job.id] = _finish(p, out, settings, batch_s=batch_s, batch_size=len(prepared))
+        for p, out in zip(group, outputs, strict=True):
+            outcomes[p.job.id] = _finish(p, out, settings, batch_s=batch_s, batch_size=len(group))
     return [outcomes[j.id] for j in jobs]
 
 
@@ -92,12 +98,15 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
         raise InputError(f"vl job {job.key} names no item set")
     with ctx.db.session() as s:
         view = read_item_set(s, int(item_set_id))
+        # a job may name its adapter (the flywheel's rounds do); else the setting decides
+        adapter = resolve_adapter(s, "vl", str(job.payload.get("adapter") or ctx.settings.vl.adapter))
+    path = str(materialize(adapter, ctx.storage, ctx.settings.data_dir)) if adapter is not None else None
     images = load_member_images(ctx.storage, view.members, ctx.settings.images)
     system, user = render_for(view.recipe, ctx.settings.vl.prompt_version, keywords=view.keywords,
                               variation=view.variation, n_images=len(images))
     item = VLItem(key=job.key, images=images, system_prompt=system, user_prompt=user,
                   json_schema=analysis_json_schema(view.recipe))
-    return _Prepared(job, view, item)
+    return _Prepared(job, view, item, adapter.id if adapter else None, path)
 
 
 def parse_analysis(recipe: str, raw: str) -> EditCore:
@@ -152,13 +161,14 @@ def _writer(p: _Prepared, raw: str, analysis: EditCore, timings: dict[str, Any],
             backend=settings.vl.backend, model_id=settings.vl_model, params=params, raw_text=raw,
             data=analysis.model_dump(mode="json"), edit_prompt=analysis.edit_prompt,
             negative_prompt=analysis.negative_prompt, confidence=analysis.confidence,
-            feasibility=analysis.feasibility, timings=timings,
+            feasibility=analysis.feasibility, timings=timings, adapter_id=p.adapter_id,
         )
         session.add(row)
         session.flush()
         if enqueue_edit:
-            jobstore.enqueue(session, "edit", f"edit:{p.item_set.key}",
-                             {"analysis_id": row.id, "item_set_id": p.item_set.id, "recipe": p.item_set.recipe},
+            jobstore.enqueue(session, "edit", job.payload.get("edit_key") or f"edit:{p.item_set.key}",
+                             {"analysis_id": row.id, "item_set_id": p.item_set.id, "recipe": p.item_set.recipe,
+                              **(job.payload.get("edit_payload") or {})},
                              item_set_id=p.item_set.id, parent_id=job.id)
 
     return write

@@ -24,9 +24,12 @@ COMMAND_MODULES = (
     "common.cli.data",
     "common.cli.dataset",
     "common.cli.pipeline",
+    "common.cli.score",
     "common.cli.workers",
     "common.cli.offline",
     "common.cli.review",
+    "common.cli.train",
+    "common.cli.monitor",
 )
 
 

@@ -28,7 +28,7 @@ def context() -> StageContext:
     from common.storage import get_storage
 
     settings = get_settings()
-    db = get_database(settings.database_url)
+    db = get_database(settings.database_url, settings=settings)
     if settings.distributed:
         from common.transport import install_dispatcher
 

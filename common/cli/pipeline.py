@@ -34,6 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from common.runner import run_all
 
     ctx = context()
+    if args.concurrency is not None:
+        ctx.settings.scrape.concurrency = args.concurrency
     chosen = stages.names() if args.stage == "all" else (args.stage,)
     results = run_all(ctx, chosen)
     summary = {s: {"claimed": r.claimed, **r.by_status} for s, r in results.items()}
@@ -45,6 +47,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from common.status import status_report, status_text
 
     ctx = context()
+    if args.watch:
+        if args.interval <= 0:
+            raise InputError(f"--interval must be above 0 seconds, got {args.interval}")
+        from common import jobs as jobstore
+        from common.watch import watch
+
+        return watch(lambda: jobstore.counts(ctx.db), interval=args.interval)
     report = status_report(ctx.db)
     emit(args, report, status_text(report))
     return 0
@@ -85,11 +94,15 @@ def register(sub: Any) -> None:
 
     run = sub.add_parser("run", help="local mode: process queued jobs until idle")
     run.add_argument("--stage", choices=stage_choices(with_all=True), default="all")
+    run.add_argument("--concurrency", type=positive, default=None,
+                     help="sites crawled at once (default: scrape.concurrency)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser("status", help="jobs per stage and status, assets per role")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true", help="a live view of counts and rates per stage (Ctrl-C stops)")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between --watch frames")
     st.set_defaults(func=cmd_status)
 
     j = sub.add_parser("jobs", help="list, retry or cancel jobs (every change is recorded on the job)")

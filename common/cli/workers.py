@@ -44,6 +44,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sweeper = Sweeper(stage.name, settings.celery.sweep_interval_s, settings.celery.resend_after_s)
     signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
     pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
+    if args.metrics_port is not None:  # before the pool forks: children write files the parent sums
+        from common.metrics import serve_worker
+
+        serve_worker(stage.name, args.metrics_port, settings, pool=pool)
     card = f"gpu{args.gpu}" if args.gpu is not None else "cpu"
     app.worker_main([
         "worker", "--queues", stage.queue, "--concurrency", str(args.concurrency), "--pool", pool,
@@ -76,6 +80,8 @@ def register(sub: Any) -> None:
                    help="processes; model workers keep 1 per GPU (each process loads its own model)")
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
                    help="default: solo for concurrency 1 (the model lives in the worker process), else prefork")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve this worker's Prometheus metrics on metrics.address:PORT (summed over its processes)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 

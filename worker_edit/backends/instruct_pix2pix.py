@@ -59,6 +59,7 @@ class InstructPix2PixBackend(PipelineBackend):
         device: str = "auto",
         dtype: str = "auto",
         max_batch: int = 4,
+        adapter: str | None = None,
     ) -> None:
         if scheduler not in SCHEDULERS:
             allowed = ", ".join(SCHEDULERS)
@@ -78,6 +79,7 @@ class InstructPix2PixBackend(PipelineBackend):
         self.device = device
         self.dtype = dtype
         self.max_batch = int(max_batch)
+        self.adapter = adapter  # a folder holding a LoRA of the UNet (diffusers format), or None
         super().__init__()
 
     # ------------------------------------------------------------------ lifecycle
@@ -98,9 +100,11 @@ class InstructPix2PixBackend(PipelineBackend):
                     self.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
                 )
             except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc) from exc
+                raise model_load_error(self.model, exc, "edit_model (SYNTHPIPE_EDIT_MODEL)") from exc
             scheduler_cls = getattr(diffusers, SCHEDULERS[self.scheduler])
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+            if self.adapter:
+                pipe.load_lora_weights(self.adapter)
             pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
             self.pipe, self._device, self._dtype = pipe, device, dtype
@@ -117,6 +121,7 @@ class InstructPix2PixBackend(PipelineBackend):
             "scheduler_class": SCHEDULERS[self.scheduler],
             "max_side": self.max_side,
             "max_batch": self.max_batch,
+            "adapter": self.adapter,
             "generator": "torch.Generator(cpu).manual_seed(item.seed), one per item",
             **self.runtime_params(),
         }

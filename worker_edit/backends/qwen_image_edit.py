@@ -177,7 +177,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
         try:  # resolves from the local cache when offline; downloads only when allowed
             return Path(QwenImageEditPlusPipeline.download(self.model))
         except Exception as exc:
-            raise model_load_error(self.model, exc) from exc
+            raise model_load_error(self.model, exc, "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)") from exc
 
     def _hints(self, root: Path) -> dict[str, Any]:
         path = root / HINTS_FILE
@@ -213,7 +213,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
                 processor = image_only_processor(root / "processor", tok_dir)
                 pipe = QwenImageEditPlusPipeline.from_pretrained(str(root), processor=processor, dtype=dtype)
             except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc) from exc
+                raise model_load_error(self.model, exc, "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)") from exc
             if self.cpu_offload and device.startswith("cuda"):
                 pipe.enable_model_cpu_offload(device=device)
             else:

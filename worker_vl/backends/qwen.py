@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.devices import resolve_device
-from common.errors import ConfigError, InputError, TransientError
+from common.errors import ConfigError, InputError, TransientError, model_load_error
 from worker_vl.backends.base import VLItem, VLOutput
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class QwenVLBackend:
         min_image_side: int = 14,
         max_string_length: int | None = None,
         attn_implementation: str | None = None,
+        adapter: str | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ConfigError(f"vl.dtype: {dtype!r} is not allowed; use one of {list(_DTYPES)}")
@@ -92,6 +93,7 @@ class QwenVLBackend:
         self.min_image_side = min_image_side
         self.max_string_length = max_string_length
         self.attn_implementation = attn_implementation
+        self.adapter = adapter  # a folder holding a PEFT LoRA of this model, or None
         self.model: Any = None
         self.tokenizer: Any = None
         self.image_processor: Any = None
@@ -106,13 +108,23 @@ class QwenVLBackend:
     # ------------------------------------------------------------------ loading
     def params(self) -> dict[str, Any]:
         """Settings that shape the outputs, for provenance."""
-        keys = "model_id dtype quantization min_pixels max_pixels max_new_tokens temperature top_p seed"
+        keys = "model_id dtype quantization min_pixels max_pixels max_new_tokens temperature top_p seed adapter"
         return {"backend": self.name} | {k: getattr(self, k) for k in keys.split()}
 
     def load(self) -> None:
-        """Load model, tokenizer, image processor and chat template once."""
+        """Load model, tokenizer, image processor and chat template once. A checkpoint that
+        cannot be found or read is a settings error naming ``vl_model``, not a retry."""
         if self.model is not None:
             return
+        try:
+            self._load()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            self.model = None
+            raise model_load_error(self.model_id, exc, "vl_model (SYNTHPIPE_VL_MODEL)") from exc
+
+    def _load(self) -> None:
         import torch
         import transformers
 
@@ -136,6 +148,8 @@ class QwenVLBackend:
         model = self._load_model(transformers, kwargs)
         if "device_map" not in kwargs:
             model = model.to(dev)
+        if self.adapter:
+            model.load_adapter(self.adapter)
         self.model = model.eval()
 
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id)

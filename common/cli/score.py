@@ -1,0 +1,65 @@
+"""``synthpipe score``: re-decide scored edits from stored scores, or queue them for rescoring."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from common.cli.base import context, emit
+from common.errors import InputError
+
+
+def _scorer_list(text: str) -> list[str]:
+    from common.backends import SCORERS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCORERS]
+    if not names or unknown:
+        raise InputError(f"--scorers: unknown scorer(s) {', '.join(unknown) or '(none given)'}; allowed: "
+                         f"{', '.join(sorted(SCORERS))}")
+    return names
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    ctx = context()
+    if args.redecide:
+        if args.scorers:
+            raise InputError("--scorers goes with --rescore; --redecide runs no scorer")
+        from common.decide import redecide_all
+
+        with ctx.db.session() as s:
+            report = redecide_all(s, ctx.settings)
+        emit(args, report, "\n".join([
+            f"re-decided {report['decided']} edits from stored scores ({report['changed']} changed): "
+            f"{report['accepted']} accepted, {report['rejected']} rejected",
+            *(f"  {code}: {n}" for code, n in report["reasons"].items()),
+        ]))
+        return 0
+    from sqlalchemy import select
+
+    from common.models import Edit, utcnow
+    from common.scorequeue import queue_score
+
+    scorers = _scorer_list(args.scorers) if args.scorers else list(ctx.settings.score.scorers)
+    token = utcnow().strftime("%Y%m%dT%H%M%S%f")
+    queued = 0
+    with ctx.db.session() as s:
+        rows = s.execute(select(Edit.id, Edit.item_set_id).order_by(Edit.id)).all()
+        for edit_id, item_set_id in rows:
+            queued += queue_score(s, edit_id, scorers, rescore=token, item_set_id=item_set_id) is not None
+    report: dict[str, Any] = {"queued": queued, "edits": len(rows), "scorers": sorted(scorers)}
+    emit(args, report, f"queued {queued} score jobs ({', '.join(sorted(scorers))}); other scorers' scores are "
+         "kept; run them with synthpipe run --stage score (or a score worker)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("score", help="re-decide scored edits (no model) or queue rescoring of chosen scorers")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--redecide", action="store_true",
+                      help="decide every scored edit again from its stored scores and the current thresholds")
+    mode.add_argument("--rescore", action="store_true",
+                      help="queue every edit for scoring again by --scorers (default: score.scorers)")
+    p.add_argument("--scorers", help="comma-separated scorer names, with --rescore")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_score)
