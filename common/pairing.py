@@ -69,27 +69,95 @@ def create_item_set(
     return item.id, True
 
 
+class _IdList:
+    """Every id of a role, loaded once (``synthpipe pair`` over the whole store)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def available(self, k: int) -> int:
+        return min(k, len(self.ids))
+
+    def choice(self, rng: random.Random) -> int:
+        return rng.choice(self.ids)
+
+    def sample(self, rng: random.Random, k: int) -> list[int]:
+        return rng.sample(self.ids, k)
+
+
+class _IndexedIds:
+    """Ids of a role drawn through the index, a bounded number of queries per draw however many
+    assets the store holds (pairing as the crawler stores, one image at a time).
+
+    A draw picks a random point in the role's id range and takes the first id at or after it; ids
+    after a gap are a little likelier, which pairing does not mind.
+    """
+
+    def __init__(self, session: Session, role: str) -> None:
+        self.session, self.role = session, role
+        self.lo = session.scalar(select(Asset.id).where(Asset.role == role).order_by(Asset.id).limit(1))
+        self.hi = session.scalar(select(Asset.id).where(Asset.role == role).order_by(Asset.id.desc()).limit(1))
+
+    def available(self, k: int) -> int:
+        if self.lo is None:
+            return 0
+        return len(list(self.session.scalars(select(Asset.id).where(Asset.role == self.role).limit(k))))
+
+    def choice(self, rng: random.Random) -> int:
+        assert self.lo is not None and self.hi is not None
+        point = rng.randint(self.lo, self.hi)
+        found = self.session.scalar(select(Asset.id).where(Asset.role == self.role, Asset.id >= point)
+                                    .order_by(Asset.id).limit(1))
+        return int(found if found is not None else self.hi)
+
+    def sample(self, rng: random.Random, k: int) -> list[int]:
+        out: list[int] = []
+        for _ in range(8 * k):
+            if len(out) == k:
+                break
+            pick = self.choice(rng)
+            if pick not in out:
+                out.append(pick)
+        return out
+
+
 def pair_tryon(session: Session, settings: Settings, *, limit: int | None, seed: int,
-               persons: Sequence[int] | None = None) -> PairReport:
-    """Up to ``limit`` new try-on sets (default: one per person photo)."""
+               persons: Sequence[int] | None = None, indexed: bool = False) -> PairReport:
+    """Up to ``limit`` new try-on sets (default: one per person photo).
+
+    ``indexed`` draws persons and garments through the index instead of loading every id: the work
+    is bounded by ``limit``, not by the size of the store (the crawler pairs this way).
+    """
     report = PairReport("tryon")
-    person_ids = list(persons) if persons is not None else _ids(session, "person")
-    garment_ids = _ids(session, "garment")
-    if not person_ids or not garment_ids:
+    garments_src: _IdList | _IndexedIds = _IndexedIds(session, "garment") if indexed else _IdList(_ids(session, "garment"))
+    person_ids = list(persons) if persons is not None else None
+    persons_src: _IdList | _IndexedIds | None = None
+    if person_ids is None:
+        persons_src = _IndexedIds(session, "person") if indexed else _IdList(_ids(session, "person"))
+        if not persons_src.available(1):
+            return report
+    elif not person_ids:
         return report
-    limit = len(person_ids) if limit is None else limit
+    max_k = garments_src.available(settings.pairing.max_garments)
+    if not max_k:
+        return report
+    if limit is None:
+        limit = len(person_ids) if person_ids is not None else len(_ids(session, "person"))
     kw = load_keywords(settings.pairing.keywords_file)
     # The seed fixes an ordered stream of distinct sets; --limit takes its first N. Sets that
     # exist already count toward N but are not made again, so the same command twice adds nothing.
     rng = random.Random(seed)
-    max_k = min(settings.pairing.max_garments, len(garment_ids))
     seen: set[str] = set()
     tries = 0
     while len(seen) < limit and tries < 50 * max(limit, 1):
         tries += 1
-        person = person_ids[(tries - 1) % len(person_ids)] if persons is not None else rng.choice(person_ids)
+        if person_ids is not None:
+            person = person_ids[(tries - 1) % len(person_ids)]
+        else:
+            assert persons_src is not None
+            person = persons_src.choice(rng)
         k = rng.choices(range(1, max_k + 1), weights=GARMENT_COUNT_WEIGHTS[:max_k])[0]
-        garments = sorted(rng.sample(garment_ids, k))
+        garments = sorted(garments_src.sample(rng, k))
         key = f"tryon:p{person}:g{'-'.join(map(str, garments))}"
         if key in seen:
             continue
@@ -138,14 +206,15 @@ def pair(session: Session, settings: Settings, recipe: str, *, limit: int | None
 
 def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[int], *, seed: int) -> list[PairReport]:
     """Feed pairing from newly stored assets (the crawler calls this): every new person photo gets a
-    try-on set, every new character photo its variations."""
+    try-on set, every new character photo its variations. The work is bounded by ``asset_ids``,
+    not by the store: ids are drawn through the index, never all loaded."""
     roles = {a: r for a, r in session.execute(select(Asset.id, Asset.role).where(Asset.id.in_(list(asset_ids))))}
     persons = [a for a in asset_ids if roles.get(a) == "person"]
     garments = [a for a in asset_ids if roles.get(a) == "garment"]
     characters = [a for a in asset_ids if roles.get(a) == "character"]
     reports = []
     if persons:
-        reports.append(pair_tryon(session, settings, limit=len(persons), seed=seed, persons=persons))
+        reports.append(pair_tryon(session, settings, limit=len(persons), seed=seed, persons=persons, indexed=True))
     if garments:
         # Person photos stored while there was no garment at all are waiting for a set: when the
         # first garments arrive they go first, so crawl order never leaves a person unpaired.
@@ -154,8 +223,9 @@ def pair_new_assets(session: Session, settings: Settings, asset_ids: Sequence[in
             select(exists().where(Asset.role == "garment", Asset.id.not_in(garments))))
         waiting = _unpaired(session, "person") if first_garments else []
         if waiting:
-            reports.append(pair_tryon(session, settings, limit=len(waiting), seed=seed + 1, persons=waiting))
-        reports.append(pair_tryon(session, settings, limit=len(garments), seed=seed + 1))
+            reports.append(pair_tryon(session, settings, limit=len(waiting), seed=seed + 1, persons=waiting,
+                                      indexed=True))
+        reports.append(pair_tryon(session, settings, limit=len(garments), seed=seed + 1, indexed=True))
     if characters:
         reports.append(pair_enrich(session, settings, limit=None, seed=seed, characters=characters))
     return reports

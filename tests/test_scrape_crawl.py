@@ -16,8 +16,9 @@ import contextlib
 
 from scrape_testsite import Response, SiteServer, image, make_image, page  # noqa: E402
 
-from worker_scrape.config import CrawlConfig  # noqa: E402
+from common.settings import ScrapeSettings  # noqa: E402
 from worker_scrape.sites import parse_sites  # noqa: E402
+from worker_scrape.urls import TrapLimits  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -172,17 +173,15 @@ def shop_crawl():
         build_shop(main, other)
         site_file = parse_sites(SITE_YAML.format(start=main.url("/"), delay=DELAY))
         category, site = site_file.site("test-shop")
-        config = CrawlConfig(
+        config = ScrapeSettings(
             user_agent=UA,
             max_image_bytes=100_000,
             settle_s=0.5,
             page_timeout_s=20,
             download_timeout_s=10,
-            max_query_variants=3,
-            max_segment_repeats=3,
         )
         registry = Registry()
-        with Crawler(config) as crawler:
+        with Crawler(config, trap_limits=TrapLimits(max_query_variants=3, max_segment_repeats=3)) as crawler:
             report = crawler.crawl_site(site, category, on_image=registry)
         yield report, main, other, registry
 
@@ -227,18 +226,22 @@ def test_images_are_found_the_way_shop_pages_carry_them(shop_crawl):
 
 def test_failures_duplicates_and_statuses_are_reported(shop_crawl):
     report, main, other, _registry = shop_crawl
-    reasons = {f.url.rsplit("/", 1)[-1]: f.reason for f in report.images_failed}
-    assert reasons["missing.png"] == "HTTP 404"
-    assert reasons["fake.jpg"] == "not an image: text/html"
-    assert reasons["huge.png"].startswith("too large")
-    assert reasons["redir.png"] == f"redirect off-site to host localhost:{other.port}"
+    reasons = {f.url.rsplit("/", 1)[-1]: (f.code, f.message) for f in report.images_failed}
+    assert reasons["missing.png"] == ("fetch.http_status", "HTTP 404")
+    assert reasons["fake.jpg"] == ("fetch.not_an_image", "not an image: text/html")
+    assert reasons["huge.png"][0] == "fetch.too_large" and reasons["huge.png"][1].startswith("too large")
+    assert reasons["redir.png"] == ("fetch.offsite_redirect", f"redirect off-site to host localhost:{other.port}")
+    codes = report.failures_by_code()
+    assert (codes["fetch.http_status"], codes["page.http_status"]) == (1, 1)  # missing.png, /missing-page
     assert "/img/target.png" not in other.paths()
+    assert "/landing.html" not in other.paths(), "the browser followed an off-site redirect"
+    assert report.blocked_by_type.get("Document", 0) >= 1
     assert report.images_by_status == {"registered": report.images_downloaded - 1, "duplicate": 1}
     assert any(r.kind == "image" and "localhost" in r.to for r in report.off_site_redirects)
     assert any(
         r.kind == "page" and r.to.endswith("/landing.html") for r in report.off_site_redirects
     )
-    assert {f.reason for f in report.pages_failed} == {"HTTP 404"}
+    assert {(f.code, f.message) for f in report.pages_failed} == {("page.http_status", "HTTP 404")}
     assert "/img/plain2.png" in main.paths()  # same-site redirect followed
     import json
 
@@ -309,7 +312,7 @@ def test_browser_crash_mid_batch_restarts_and_goes_on(what):
         site_file = parse_sites(SITE_YAML.format(start=server.url("/"), delay=0))
         category, site = site_file.site("test-shop")
         registry = Registry()
-        with Crawler(CrawlConfig(user_agent=UA, settle_s=0.05)) as crawler:
+        with Crawler(ScrapeSettings(user_agent=UA, settle_s=0.05)) as crawler:
             killed = []
 
             def kill_once(cand) -> None:
@@ -339,12 +342,10 @@ def test_page_timeout_fails_the_page_not_the_crawl():
         site_file = parse_sites(SITE_YAML.format(start=server.url("/"), delay=0))
         category, site = site_file.site("test-shop")
         registry = Registry()
-        config = CrawlConfig(user_agent=UA, settle_s=0.05, page_timeout_s=5.0)
+        config = ScrapeSettings(user_agent=UA, settle_s=0.05, page_timeout_s=5.0)
         with Crawler(config) as crawler:
             report = crawler.crawl_site(site, category, on_image=registry)
-    assert [(f.url.rsplit("/", 1)[-1], f.reason) for f in report.pages_failed] == [
-        ("slow", "timeout")
-    ]
+    assert [(f.url.rsplit("/", 1)[-1], f.code) for f in report.pages_failed] == [("slow", "page.timeout")]
     assert len(report.pages_visited) == 2 and report.images_by_status == {"registered": 1}
     assert report.browser_restarts == 0
 
@@ -365,7 +366,7 @@ def test_one_browser_for_a_batch_and_max_pages_override():
         site_file = parse_sites(yaml_text)
         items = [site_file.site("test-shop"), site_file.site("second")]
         registry = Registry()
-        with Crawler(CrawlConfig(user_agent=UA, settle_s=0.05)) as crawler:
+        with Crawler(ScrapeSettings(user_agent=UA, settle_s=0.05)) as crawler:
             reports = crawler.crawl_batch(items, on_image=registry, max_pages=3)
             assert crawler.browser.starts == 1
         assert [len(r.pages_visited) for r in reports] == [3, 3]
@@ -377,8 +378,8 @@ def test_one_browser_for_a_batch_and_max_pages_override():
 OPEN_BROWSER_AND_HANG = """
 import sys, time
 from worker_scrape.browser import Browser
-from worker_scrape.config import CrawlConfig
-b = Browser(CrawlConfig(user_agent="t", settle_s=0.05))
+from common.settings import ScrapeSettings
+b = Browser(ScrapeSettings(user_agent="t", settle_s=0.05))
 b.render(sys.argv[1])
 print(b._profile, flush=True)
 time.sleep(600)
@@ -461,12 +462,12 @@ def test_unreachable_hosts_are_failures_with_a_reason_not_robots_blocks() -> Non
             f'["{server.url("/")}"]', f'["{server.url("/")}", "{dead}/"]')
         category, site = parse_sites(yaml_text).site("test-shop")
         registry = Registry()
-        with Crawler(CrawlConfig(user_agent=UA, settle_s=0.05, download_timeout_s=5)) as crawler:
+        with Crawler(ScrapeSettings(user_agent=UA, settle_s=0.05, download_timeout_s=5)) as crawler:
             report = crawler.crawl_site(site, category, on_image=registry)
-    pages = {f.url: f.reason for f in report.pages_failed}
-    assert pages[f"{dead}/"] == "host unreachable: connection refused"
-    assert [(f.url, f.reason) for f in report.images_failed] == [
-        (f"{dead}/img/x.jpg", "host unreachable: connection refused")]
+    pages = {f.url: (f.code, f.message) for f in report.pages_failed}
+    assert pages[f"{dead}/"] == ("host.unreachable", "host unreachable: connection refused")
+    assert [(f.url, f.code, f.message) for f in report.images_failed] == [
+        (f"{dead}/img/x.jpg", "host.unreachable", "host unreachable: connection refused")]
     assert report.robots_blocked == []
     assert report.images_by_status == {"registered": 1}
 

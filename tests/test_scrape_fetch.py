@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "sites"))
 from scrape_testsite import Response, SiteServer, image, make_image  # noqa: E402
 
-from worker_scrape.config import CrawlConfig  # noqa: E402
+from common.settings import ScrapeSettings  # noqa: E402
 from worker_scrape.errors import FetchError, OffSiteRedirect  # noqa: E402
 from worker_scrape.fetcher import Fetcher  # noqa: E402
 from worker_scrape.robots import RobotsCache  # noqa: E402
@@ -27,13 +27,14 @@ def server():
 
 
 def _fetcher(**kw) -> Fetcher:
-    return Fetcher(CrawlConfig(user_agent=UA, **{"download_timeout_s": 2.0, **kw}))
+    return Fetcher(ScrapeSettings(user_agent=UA, **{"download_timeout_s": 2.0, **kw}))
 
 
 def _reason(fetcher: Fetcher, url: str, **kw) -> str:
+    """``code: message`` of the error fetching ``url`` raises."""
     with pytest.raises(FetchError) as info:
         fetcher.fetch_image(url, **kw)
-    return info.value.reason
+    return f"{info.value.code}: {info.value}"
 
 
 def test_fetch_ok_and_failures(server: SiteServer) -> None:
@@ -56,13 +57,13 @@ def test_fetch_ok_and_failures(server: SiteServer) -> None:
     got = f.fetch_image(server.url("/ok.png"))
     assert (got.data, got.content_type) == (png, "image/png")
     assert f.fetch_image(server.url("/hop")).final_url == server.url("/ok.png")
-    assert _reason(f, server.url("/missing.png")) == "HTTP 404"
-    assert _reason(f, server.url("/err")) == "HTTP 503"
-    assert _reason(f, server.url("/page.jpg")) == "not an image: text/html"
-    assert _reason(f, server.url("/none")).startswith("not an image")
-    assert _reason(f, server.url("/big-declared.png")).startswith("too large")
-    assert _reason(f, server.url("/big-chunked.png")).startswith("too large")
-    assert _reason(f, server.url("/loop")) == "too many redirects"
+    assert _reason(f, server.url("/missing.png")) == "fetch.http_status: HTTP 404"
+    assert _reason(f, server.url("/err")) == "fetch.http_status: HTTP 503"
+    assert _reason(f, server.url("/page.jpg")) == "fetch.not_an_image: not an image: text/html"
+    assert _reason(f, server.url("/none")).startswith("fetch.not_an_image: not an image")
+    assert _reason(f, server.url("/big-declared.png")).startswith("fetch.too_large: too large")
+    assert _reason(f, server.url("/big-chunked.png")).startswith("fetch.too_large: too large")
+    assert _reason(f, server.url("/loop")) == "fetch.too_many_redirects: too many redirects"
     with pytest.raises(OffSiteRedirect) as info:
         f.fetch_image(server.url("/away"))
     assert info.value.reason == f"redirect off-site to host localhost:{server.port}"
@@ -71,7 +72,7 @@ def test_fetch_ok_and_failures(server: SiteServer) -> None:
         server.url("/away"), allowed_hosts=frozenset({f"localhost:{server.port}"})
     )
     assert allowed.data == png
-    assert _reason(_fetcher(download_timeout_s=0.3), server.url("/slow.png")) == "timeout"
+    assert _reason(_fetcher(download_timeout_s=0.3), server.url("/slow.png")) == "fetch.timeout: timeout"
     assert {r.user_agent for r in server.log} == {UA}
 
 
@@ -81,7 +82,7 @@ def test_connection_error() -> None:
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     reason = _reason(_fetcher(), f"http://127.0.0.1:{port}/x.png")
-    assert reason.startswith("connection error: ")
+    assert reason.startswith("fetch.connection: connection error: ")
 
 
 def test_fetcher_checks_robots_on_redirect_hops(server: SiteServer) -> None:
@@ -91,8 +92,8 @@ def test_fetcher_checks_robots_on_redirect_hops(server: SiteServer) -> None:
     server.routes["/public.png"] = Response(302, headers={"Location": "/private/x.png"})
     server.routes["/private/x.png"] = image()
     robots = RobotsCache(UA)
-    f = Fetcher(CrawlConfig(user_agent=UA), robots=robots)
-    assert "blocked by robots.txt" in _reason(f, server.url("/public.png"))
+    f = Fetcher(ScrapeSettings(user_agent=UA), robots=robots)
+    assert _reason(f, server.url("/public.png")).startswith("robots.disallowed: redirect blocked by robots.txt")
     assert "/private/x.png" not in server.paths()
 
 
@@ -146,7 +147,7 @@ def test_fetcher_and_robots_share_the_host_delay(server: SiteServer) -> None:
         server.routes[f"/{i}.png"] = image()
     throttle = HostThrottle()
     robots = RobotsCache(UA, throttle=throttle)
-    f = Fetcher(CrawlConfig(user_agent=UA), throttle=throttle, robots=robots)
+    f = Fetcher(ScrapeSettings(user_agent=UA), throttle=throttle, robots=robots)
     assert robots.allowed(server.url("/0.png"), delay_s=0.15)
     for i in range(3):
         f.fetch_image(server.url(f"/{i}.png"), delay_s=0.15)

@@ -3,7 +3,8 @@ dies.
 
 The browser renders documents and runs their scripts, but never loads images, fonts or
 media (content setting + DevTools URL blocking): every image request goes through the
-fetcher, which honours robots.txt and the per-host delay.
+fetcher, which honours robots.txt and the per-host delay. Nor does it leave the site: a
+:class:`~worker_scrape.guard.HostGuard` blocks requests to other hosts inside Chromium.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
@@ -24,8 +27,9 @@ from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from worker_scrape.config import CrawlConfig
-from worker_scrape.errors import BrowserError, ScrapeError
+from common.settings import ScrapeSettings
+from worker_scrape.errors import INSTALL_HINT, BrowserError, BrowserMissing, PageError
+from worker_scrape.guard import BlockedRequest, HostGuard
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +133,6 @@ return {url: location.href, base: document.baseURI, status: status, title: docum
 """
 
 
-class PageError(ScrapeError):
-    """A page could not be rendered; ``reason`` is short (``"timeout"``, ``"browser: ..."``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass
 class RenderedPage:
     """What the browser saw: the final URL, the HTTP status (when Chromium reports it) and
@@ -150,6 +146,7 @@ class RenderedPage:
     singles: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     meta_robots: str = ""
+    blocked: list[BlockedRequest] = field(default_factory=list)  # off-site requests the guard stopped
 
 
 PROFILE_PREFIX = "synthpipe-chromium-"
@@ -241,11 +238,28 @@ def reap_orphaned_browsers(tmpdir: str | None = None) -> int:
     return len(orphans)
 
 
-class Browser:
-    """A lazily started, restartable headless Chromium."""
+def check_browser_paths(config: ScrapeSettings) -> None:
+    """Raise :class:`BrowserMissing` (a settings error) unless Chromium and chromedriver are there."""
+    for key, path in (("chromium_path", config.chromium_path), ("chromedriver_path", config.chromedriver_path)):
+        if not (Path(path).is_file() and os.access(path, os.X_OK)):
+            raise BrowserMissing(
+                f"scrape.{key}: no executable at {path} (set SYNTHPIPE_SCRAPE__{key.upper()}; {INSTALL_HINT})")
 
-    def __init__(self, config: CrawlConfig) -> None:
+
+class Browser:
+    """A lazily started, restartable headless Chromium.
+
+    ``headless``, ``extra_args`` and ``reuse`` are for tests and debugging, not settings.
+    """
+
+    def __init__(self, config: ScrapeSettings, *, headless: bool = True, extra_args: tuple[str, ...] = (),
+                 max_restarts: int = 10, css_backgrounds: bool = True) -> None:
         self.config = config
+        self.headless = headless
+        self.extra_args = extra_args
+        self.max_restarts = max_restarts
+        self.css_backgrounds = css_backgrounds
+        self._guard: HostGuard | None = None
         self.restarts = 0
         self.starts = 0
         self._driver: webdriver.Chrome | None = None
@@ -267,15 +281,16 @@ class Browser:
     def start(self) -> None:
         os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download
         cfg = self.config
+        check_browser_paths(cfg)
         reap_orphaned_browsers()
         # the owner's pid in the profile name lets a later worker reap this browser if we are killed
         self._profile = tempfile.mkdtemp(prefix=f"{PROFILE_PREFIX}{os.getpid()}-")
         self._owner_lock = _hold_owner_lock(self._profile)
         opts = webdriver.ChromeOptions()
         opts.binary_location = str(cfg.chromium_path)
-        if cfg.headless:
+        if self.headless:
             opts.add_argument("--headless=new")
-        for flag in (*BASE_FLAGS, *cfg.extra_browser_args):
+        for flag in (*BASE_FLAGS, *self.extra_args):
             opts.add_argument(flag)
         opts.add_argument(f"--user-data-dir={self._profile}")
         opts.add_argument(f"--user-agent={cfg.user_agent}")
@@ -292,7 +307,11 @@ class Browser:
         except (WebDriverException, OSError) as exc:
             self._cleanup_processes(service)
             self.close()  # the profile and its owner lock
-            raise BrowserError(f"cannot start Chromium: {str(exc).splitlines()[0][:300]}") from exc
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if "Unable to obtain driver" in first or isinstance(exc, OSError):
+                raise BrowserMissing(f"scrape.chromium_path / scrape.chromedriver_path: cannot start "
+                                     f"Chromium ({first}); {INSTALL_HINT}") from exc
+            raise BrowserError(f"cannot start Chromium: {first}") from exc
         self._driver = driver
         self.starts += 1
         try:
@@ -300,7 +319,9 @@ class Browser:
             driver.set_script_timeout(max(10.0, cfg.page_timeout_s))
             driver.execute_cdp_cmd("Network.enable", {})
             driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": BLOCKED_URLS})
-        except DEAD_ERRORS as exc:
+            target = driver.execute_cdp_cmd("Target.getTargetInfo", {})["targetInfo"]["targetId"]
+            self._guard = HostGuard(driver.capabilities["goog:chromeOptions"]["debuggerAddress"], target)
+        except Exception as exc:  # a dead driver, a refused DevTools socket, a missing capability
             self.close()
             raise BrowserError(f"Chromium started but does not answer: {exc}") from exc
         log.info("browser started in %.2fs (pid %s)", time.monotonic() - t0, self.driver_pid)
@@ -313,6 +334,9 @@ class Browser:
     def close(self) -> None:
         """Quit the browser; kill whatever is left of its process group; drop the profile."""
         driver, self._driver = self._driver, None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.close()
         if driver is not None:
             with contextlib.suppress(*DEAD_ERRORS):
                 driver.quit()
@@ -325,7 +349,7 @@ class Browser:
             self._owner_lock = None
 
     def restart(self, reason: str) -> None:
-        if self.restarts >= self.config.max_browser_restarts:
+        if self.restarts >= self.max_restarts:
             self.close()
             raise BrowserError(f"browser died {self.restarts + 1} times; last: {reason}")
         self.restarts += 1
@@ -353,22 +377,28 @@ class Browser:
             return False
 
     # --- pages ----------------------------------------------------------------------
-    def render(self, url: str, before_load: Any = None) -> RenderedPage:
+    def render(self, url: str, before_load: Any = None, allow: Callable[[str], bool] | None = None) -> RenderedPage:
         """Load ``url``, let scripts and lazy loaders run, and read images and links.
 
-        ``before_load`` (a context manager factory, e.g. the politeness slot) wraps the
-        navigation itself. A dead browser is restarted and the page tried once more.
+        ``before_load`` (a context manager factory, e.g. the politeness slot) wraps the whole
+        render, so nothing else reaches the host meanwhile. ``allow`` decides which request URLs
+        may leave the browser (default: all). A dead browser is restarted and the page tried once more.
         """
         for attempt in (1, 2):
             if self._driver is None:
                 self.start()
+            assert self._guard is not None
+            self._guard.allow(allow or (lambda _url: True))
+            self._guard.take_blocked()
             try:
-                return self._render_once(url, before_load)
+                page = self._render_once(url, before_load)
+                page.blocked = self._guard.take_blocked()
+                return page
             except TimeoutException:
                 with contextlib.suppress(*DEAD_ERRORS):
                     self.driver.execute_script("window.stop();")
                 if self.alive():
-                    raise PageError("timeout") from None
+                    raise PageError("timeout", url, code="page.timeout") from None
                 self.restart(f"dead after timeout on {url}")
             except DEAD_ERRORS as exc:
                 reason = (
@@ -377,20 +407,22 @@ class Browser:
                     else type(exc).__name__
                 )
                 if self.alive():
-                    raise PageError(f"browser: {reason}") from None
+                    raise PageError(f"browser: {reason}", url, code="page.browser") from None
                 if attempt == 2:
                     self.restart(f"died again on {url}: {reason}")
-                    raise PageError(f"browser crashed twice: {reason}") from None
+                    raise PageError(f"browser crashed twice: {reason}", url, code="page.browser_crashed") from None
                 self.restart(f"died on {url}: {reason}")
         raise AssertionError("unreachable")
 
     def _render_once(self, url: str, before_load: Any) -> RenderedPage:
+        if before_load is None:
+            return self._load_and_read(url)
+        with before_load():
+            return self._load_and_read(url)
+
+    def _load_and_read(self, url: str) -> RenderedPage:
         driver = self.driver
-        if before_load is not None:
-            with before_load():
-                driver.get(url)
-        else:
-            driver.get(url)
+        driver.get(url)
         deadline = time.monotonic() + min(5.0, self.config.page_timeout_s)
         while driver.execute_script("return document.readyState") != "complete":
             if time.monotonic() > deadline:
@@ -400,7 +432,7 @@ class Browser:
             driver.execute_async_script(_SCROLL_JS, self.config.scroll_steps, 60)
         if self.config.settle_s:
             time.sleep(self.config.settle_s)
-        data = driver.execute_script(_EXTRACT_JS, self.config.css_backgrounds)
+        data = driver.execute_script(_EXTRACT_JS, self.css_backgrounds)
         return RenderedPage(
             url=data["url"],
             base=data["base"] or data["url"],

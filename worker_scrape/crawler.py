@@ -1,29 +1,46 @@
-"""The crawler: breadth-first over a site's pages in one reused headless browser, images
-downloaded with the fetcher and handed to a callback that registers them."""
+"""The crawler: breadth-first over each site's pages (seeded from its start URLs and sitemaps) in
+headless Chromium, images downloaded with the fetcher and handed to a callback that registers them.
+
+Several sites run at once (``scrape.concurrency``, one browser each); one :class:`HostThrottle`,
+one robots.txt cache and one bounded download pool serve them all, so per-host politeness holds
+whatever the concurrency: one request in flight per host, ``max(delay_s, Crawl-delay)`` apart.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import requests
-from pydantic import BaseModel, Field
+from requests.adapters import HTTPAdapter
 
-from worker_scrape.browser import Browser, PageError
-from worker_scrape.config import CrawlConfig
-from worker_scrape.errors import FetchError, RedirectBlockedByRobots
+from common.settings import ScrapeSettings
+from worker_scrape.browser import Browser
+from worker_scrape.crawlstate import (
+    CrawlReport,
+    CrawlState,
+    ImageFailure,
+    ImageRecord,
+    OffSiteRedirect,
+    PageFailure,
+)
+from worker_scrape.errors import FetchError, PageError, RedirectBlockedByRobots
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import page_image_urls
 from worker_scrape.fetcher import Fetcher
 from worker_scrape.robots import RobotsCache
+from worker_scrape.sitemaps import default_sitemap, read_sitemaps
 from worker_scrape.sites import Category, Site
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import (
     TrapGuard,
+    TrapLimits,
     host_key,
     is_same_site,
     normalize_url,
@@ -32,6 +49,9 @@ from worker_scrape.urls import (
 )
 
 log = logging.getLogger(__name__)
+
+FoundVia = Literal["start", "link", "sitemap", "image_sitemap"]
+MAX_FRONTIER_PER_PAGE = 20  # frontier bound: max_pages x this many URLs waiting
 
 
 @dataclass(frozen=True)
@@ -47,106 +67,95 @@ class ImageCandidate:
     licence: str | None = None
     content_type: str = ""
     final_url: str = ""  # after same-site redirects
+    found_via: str = "link"  # how the page (or, for image sitemaps, the image) was found
 
 
-OnImage = Callable[[ImageCandidate], str]
+class ImageOutcome(NamedTuple):
+    """What ``on_image`` made of an image: a status (``registered``, ``duplicate``,
+    ``near_duplicate``, ``rejected``) and, for a refusal, its reason code and message."""
 
-
-class PageFailure(BaseModel):
-    url: str
-    reason: str
-
-
-class ImageFailure(BaseModel):
-    url: str
-    page_url: str
-    reason: str
-
-
-class OffSiteRedirect(BaseModel):
-    url: str
-    to: str
-    kind: str  # "page" or "image"
-
-
-class ImageRecord(BaseModel):
-    url: str
-    page_url: str
-    role: str
     status: str
+    code: str | None = None
+    message: str = ""
 
 
-class CrawlReport(BaseModel):
-    """JSON-serialisable summary of one ``crawl_site`` call (``report.model_dump(mode="json")``)."""
+OnImage = Callable[[ImageCandidate], ImageOutcome]
+OnCheckpoint = Callable[[CrawlState], None]
 
-    site: str
-    category: str
-    start_urls: list[str]
-    pages_visited: list[str] = Field(default_factory=list)
-    pages_failed: list[PageFailure] = Field(default_factory=list)
-    images_found: int = 0
-    images_downloaded: int = 0
-    images_failed: list[ImageFailure] = Field(default_factory=list)
-    images_skipped_no_role: int = 0
-    images_by_status: dict[str, int] = Field(default_factory=dict)  # "registered", "rejected", ...
-    rejections: dict[str, int] = Field(default_factory=dict)  # "rejected: <reason>" -> n
-    images: list[ImageRecord] = Field(default_factory=list)
-    robots_blocked: list[str] = Field(default_factory=list)
-    off_site_redirects: list[OffSiteRedirect] = Field(default_factory=list)
-    links_skipped: dict[str, int] = Field(default_factory=dict)  # reason -> n
-    browser_restarts: int = 0
-    stopped: str = ""  # "done", "max_pages", "max_seconds"
-    seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
-        """Counts only (for logs and job rows)."""
-        return {
-            "site": self.site,
-            "category": self.category,
-            "pages_visited": len(self.pages_visited),
-            "pages_failed": len(self.pages_failed),
-            "images_found": self.images_found,
-            "images_downloaded": self.images_downloaded,
-            "images_failed": len(self.images_failed),
-            "images_by_status": self.images_by_status,
-            "robots_blocked": len(self.robots_blocked),
-            "off_site_redirects": len(self.off_site_redirects),
-            "browser_restarts": self.browser_restarts,
-            "stopped": self.stopped,
-            "seconds": round(self.seconds, 3),
-        }
+@dataclass
+class CrawlItem:
+    """One site to crawl in a batch, with its own image callback, page limit and checkpoint."""
+
+    site: Site
+    category: Category | str
+    on_image: OnImage
+    max_pages: int | None = None
+    state: CrawlState | None = None  # resume from this checkpoint
+    on_checkpoint: OnCheckpoint | None = None
 
 
 class Crawler:
-    """Crawls sites with one headless browser reused across a batch (restarted if it dies),
-    one robots.txt cache and one per-host politeness throttle.
+    """Crawls sites with a pool of headless browsers (restarted if they die), one robots.txt cache,
+    one per-host politeness throttle and one bounded image-download pool.
 
-    Use as a context manager, or call :meth:`close`. Not thread-safe: one crawl at a time.
+    Use as a context manager, or call :meth:`close`. :meth:`crawl_batch` is the concurrent entry;
+    ``on_image`` calls are serialised (one registration at a time).
     """
 
-    def __init__(
-        self,
-        config: CrawlConfig | None = None,
-        *,
-        throttle: HostThrottle | None = None,
-        session: requests.Session | None = None,
-    ) -> None:
-        self.config = config or CrawlConfig()
+    def __init__(self, config: ScrapeSettings, *, throttle: HostThrottle | None = None,
+                 session: requests.Session | None = None, trap_limits: TrapLimits | None = None,
+                 reuse_browser: bool = True, **browser_options: Any) -> None:
+        self.config = config
         self.throttle = throttle or HostThrottle()
         self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = self.config.user_agent
-        self.robots = RobotsCache(
-            self.config.user_agent,
-            session=self.session,
-            throttle=self.throttle,
-            timeout_s=min(15.0, self.config.download_timeout_s),
-            on_unreachable=self.config.robots_on_unreachable,
-        )
-        self.fetcher = Fetcher(self.config, self.throttle, self.robots, self.session)
-        self.browser = Browser(self.config)
+        pool = config.concurrency + config.download_workers + 2
+        adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = config.user_agent
+        self.trap_limits = trap_limits or TrapLimits()
+        self.reuse_browser = reuse_browser
+        self.robots = RobotsCache(config.user_agent, session=self.session, throttle=self.throttle,
+                                  timeout_s=min(15.0, config.download_timeout_s),
+                                  on_unreachable=config.robots_on_unreachable)
+        self.fetcher = Fetcher(config, self.throttle, self.robots, self.session)
+        self._browser_options = browser_options
+        self._idle_browsers: list[Browser] = []
+        self._all_browsers: list[Browser] = []
+        self._browsers_lock = threading.Lock()
+        self._downloads = ThreadPoolExecutor(config.download_workers, thread_name_prefix="download")
+        self._register_lock = threading.Lock()
+
+    # --- resources ----------------------------------------------------------------------------
+    @property
+    def browser(self) -> Browser:
+        """The first browser (made on first use); one-site-at-a-time callers and tests use it."""
+        with self._browsers_lock:
+            if not self._all_browsers:
+                self._new_browser_locked()
+            return self._all_browsers[0]
+
+    def _new_browser_locked(self) -> Browser:
+        b = Browser(self.config, **self._browser_options)
+        self._all_browsers.append(b)
+        self._idle_browsers.append(b)
+        return b
+
+    def _take_browser(self) -> Browser:
+        with self._browsers_lock:
+            if not self._idle_browsers:
+                self._new_browser_locked()
+            return self._idle_browsers.pop(0)
+
+    def _give_browser(self, browser: Browser) -> None:
+        with self._browsers_lock:
+            self._idle_browsers.insert(0, browser)
 
     def close(self) -> None:
-        self.browser.close()
+        self._downloads.shutdown(wait=True, cancel_futures=True)
+        for b in self._all_browsers:
+            b.close()
         self.session.close()
 
     def __enter__(self) -> Crawler:
@@ -155,147 +164,260 @@ class Crawler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def crawl_batch(
-        self,
-        items: Iterable[tuple[Category, Site]],
-        *,
-        on_image: OnImage,
-        max_pages: int | None = None,
-    ) -> list[CrawlReport]:
-        """Crawl several (category, site) pairs, e.g. from ``sample_sites``, in one browser."""
-        return [
-            self.crawl_site(site, cat, max_pages=max_pages, on_image=on_image)
-            for cat, site in items
-        ]
+    # --- crawling -----------------------------------------------------------------------------
+    def crawl_batch(self, items: Iterable[tuple[Category | str, Site] | CrawlItem], *, on_image: OnImage | None = None,
+                    max_pages: int | None = None) -> list[CrawlReport | BaseException]:
+        """Crawl several sites, ``scrape.concurrency`` at a time: (category, site) pairs sharing
+        ``on_image`` and ``max_pages``, or :class:`CrawlItem` s with their own. Returns one report per
+        item, or the exception that ended that item's crawl (the others go on)."""
+        jobs: list[CrawlItem] = []
+        for item in items:
+            if isinstance(item, CrawlItem):
+                jobs.append(item)
+            else:
+                assert on_image is not None, "on_image is needed for (category, site) pairs"
+                jobs.append(CrawlItem(item[1], item[0], on_image, max_pages))
 
-    def crawl_site(
-        self,
-        site: Site,
-        category: Category | str,
-        *,
-        max_pages: int | None = None,
-        on_image: OnImage,
-    ) -> CrawlReport:
-        """Crawl one site breadth-first from its start URLs.
+        def one(item: CrawlItem) -> CrawlReport | BaseException:
+            try:
+                return self.crawl_site(item.site, item.category, max_pages=item.max_pages, on_image=item.on_image,
+                                       state=item.state, on_checkpoint=item.on_checkpoint)
+            except Exception as exc:
+                return exc
 
-        ``max_pages`` overrides the site's own limit. For every image found (once per URL)
-        the bytes are downloaded and ``on_image`` is called; its return value is recorded
-        as the image's status. Exceptions from ``on_image`` propagate.
+        if len(jobs) <= 1 or self.config.concurrency == 1:
+            return [one(item) for item in jobs]
+        with ThreadPoolExecutor(min(self.config.concurrency, len(jobs)), thread_name_prefix="site") as pool:
+            return list(pool.map(one, jobs))
+
+    def crawl_site(self, site: Site, category: Category | str, *, max_pages: int | None = None,
+                   on_image: OnImage, state: CrawlState | None = None,
+                   on_checkpoint: OnCheckpoint | None = None) -> CrawlReport:
+        """Crawl one site breadth-first from its start URLs and sitemaps (or from ``state``, a
+        checkpoint of an earlier, interrupted crawl of it).
+
+        ``max_pages`` overrides the site's own limit. For every image found (once per URL) the bytes
+        are downloaded and ``on_image`` is called; its outcome is recorded. Exceptions from
+        ``on_image`` propagate. ``on_checkpoint`` gets the state after every page.
         """
-        return _SiteCrawl(self, site, category, max_pages, on_image).run()
+        browser = self._take_browser()
+        try:
+            return _SiteCrawl(self, browser, site, category, max_pages, on_image, state, on_checkpoint).run()
+        finally:
+            self._give_browser(browser)
 
-    def _delay(self, url: str, site: Site) -> float:
+    def delay_for(self, url: str, site: Site) -> float:
+        """The politeness delay for ``url``: the larger of the site's and robots.txt's Crawl-delay."""
         robots_delay = self.robots.crawl_delay(url, site.delay_s) or 0.0
         return max(site.delay_s, robots_delay)
+
+    def register(self, on_image: OnImage, candidate: ImageCandidate) -> ImageOutcome:
+        with self._register_lock:
+            out = on_image(candidate)
+        return out if isinstance(out, ImageOutcome) else ImageOutcome(str(out))
 
 
 class _SiteCrawl:
     """State of one ``crawl_site`` call."""
 
-    def __init__(
-        self,
-        crawler: Crawler,
-        site: Site,
-        category: Category | str,
-        max_pages: int | None,
-        on_image: OnImage,
-    ) -> None:
+    def __init__(self, crawler: Crawler, browser: Browser, site: Site, category: Category | str,
+                 max_pages: int | None, on_image: OnImage, state: CrawlState | None,
+                 on_checkpoint: OnCheckpoint | None) -> None:
         self.c = crawler
+        self.browser = browser
         self.site = site
         self.category = category if isinstance(category, str) else category.name
         self.max_pages = max_pages if max_pages is not None else site.max_pages
         self.on_image = on_image
+        self.on_checkpoint = on_checkpoint
         self.hosts = site_hosts(site.start_urls)
-        self.redirect_hosts = self.hosts | {f"www.{h}" for h in self.hosts}
-        self.traps = TrapGuard(crawler.config.trap_limits)
-        self.report = CrawlReport(
-            site=site.name, category=self.category, start_urls=list(site.start_urls)
-        )
-        self.seen_pages: set[str] = set()
-        self.seen_images: set[str] = set()
-        self.page_loads = 0  # browser navigations (visited, failed or redirected away)
-        self.frontier: deque[tuple[str, int]] = deque()
-        self.skipped: Counter[str] = Counter()
-        self.statuses: Counter[str] = Counter()
-        self.rejections: Counter[str] = Counter()
+        self.extra_hosts = frozenset(site.hosts)
+        self.browser_hosts = self.hosts | site_hosts(f"http://{h}/" for h in site.hosts)
+        self.redirect_hosts = self.hosts | {f"www.{h}" for h in self.hosts} | self.extra_hosts
+        self.traps = TrapGuard(crawler.trap_limits)
+        self.resumed = state is not None
+        self.state = state or CrawlState(
+            report=CrawlReport(site=site.name, category=self.category, start_urls=list(site.start_urls)))
+        self.report = self.state.report
+        self.seen_pages = set(self.state.seen_pages)
+        self.seen_images = set(self.state.seen_images)
+        self.frontier: deque[tuple[str, int, str]] = deque(tuple(f) for f in self.state.frontier)  # type: ignore[misc]
+        self.skipped: Counter[str] = Counter(self.report.links_skipped)
+        self.statuses: Counter[str] = Counter(self.report.images_by_status)
+        self.rejections: Counter[str] = Counter(self.report.rejections)
+        self.via: Counter[str] = Counter(self.report.pages_found_via)
 
+    # --- the loop -------------------------------------------------------------------------------
     def run(self) -> CrawlReport:
         t0 = time.monotonic()
-        restarts0 = self.c.browser.restarts
+        seconds0 = self.report.seconds
+        restarts0 = self.browser.restarts
         limit_s = self.c.config.max_crawl_seconds
-        for url in self.site.start_urls:
-            norm = normalize_url(url)
-            if norm and norm not in self.seen_pages:
-                self.seen_pages.add(norm)
-                self.frontier.append((norm, 0))
+        if self.resumed:
+            self.report.resumed += 1
+            log.info("crawl %s: resuming with %d page(s) waiting", self.site.name, len(self.frontier))
+        else:
+            for url in self.site.start_urls:
+                self._add_page(normalize_url(url), 0, "start")
         self.report.stopped = "done"
         try:
+            if not self.state.pending_images and not self.state.sitemaps_read:
+                if self.c.config.sitemaps:
+                    self._seed_from_sitemaps()
+                self.state.sitemaps_read = True
+                self._checkpoint()
+            self._finish_pending()
             while self.frontier:
-                if self.page_loads >= self.max_pages:
+                if self.state.page_loads >= self.max_pages:
                     self.report.stopped = "max_pages"
                     break
                 if limit_s is not None and time.monotonic() - t0 > limit_s:
                     self.report.stopped = "max_seconds"
                     break
-                url, depth = self.frontier.popleft()
-                self._visit(url, depth)
+                url, depth, via = self.frontier.popleft()
+                self._visit(url, depth, via)
+                self._finish_pending()
         finally:
-            r = self.report
-            r.links_skipped = dict(self.skipped)
-            r.images_by_status = dict(self.statuses)
-            r.rejections = dict(self.rejections)
-            r.browser_restarts = self.c.browser.restarts - restarts0
-            r.seconds = time.monotonic() - t0
+            self._sync_report()
+            self.report.browser_restarts += self.browser.restarts - restarts0
+            self.report.seconds = seconds0 + time.monotonic() - t0
         log.info("crawl %s/%s: %s", self.category, self.site.name, self.report.summary())
         return self.report
 
+    def _sync_report(self) -> None:
+        r = self.report
+        r.links_skipped = dict(self.skipped)
+        r.images_by_status = dict(self.statuses)
+        r.rejections = dict(self.rejections)
+        r.pages_found_via = dict(self.via)
+
+    def _checkpoint(self) -> None:
+        if self.on_checkpoint is None:
+            return
+        self._sync_report()
+        st = self.state
+        st.frontier = [list(f) for f in self.frontier]
+        st.seen_pages = sorted(self.seen_pages)
+        st.seen_images = sorted(self.seen_images)
+        self.on_checkpoint(st)
+
+    def _add_page(self, url: str | None, depth: int, via: str) -> bool:
+        if url is None or url in self.seen_pages:
+            return False
+        self.seen_pages.add(url)
+        if len(self.frontier) >= self.max_pages * MAX_FRONTIER_PER_PAGE:
+            self.skipped["frontier.full"] += 1
+            return False
+        self.frontier.append((url, depth, via))
+        return True
+
+    # --- sitemaps -------------------------------------------------------------------------------
+    def _seed_from_sitemaps(self) -> None:
+        cfg = self.c.config
+        roots: list[str] = []
+        for start in self.site.start_urls:
+            if self.c.robots.entry(start, self.site.delay_s).status == "unreachable":
+                continue
+            listed = self.c.robots.sitemaps(start, self.site.delay_s)
+            roots.extend(listed or [default_sitemap(start)])
+
+        def allowed(url: str) -> bool:
+            return (is_same_site(url, self.browser_hosts) or host_key(url) in self.extra_hosts) and \
+                self.c.robots.allowed(url, self.site.delay_s)
+
+        result = read_sitemaps(list(dict.fromkeys(roots)), session=self.c.session, throttle=self.c.throttle,
+                               delay_for=lambda u: self.c.delay_for(u, self.site), allowed=allowed,
+                               max_files=cfg.sitemap_max_files, max_bytes=cfg.sitemap_max_bytes,
+                               max_urls=cfg.sitemap_max_urls, timeout_s=cfg.download_timeout_s)
+        sm = self.report.sitemap
+        sm.files_read = result.files_read
+        sm.failures = result.failures
+        sm.truncated = result.truncated
+        for entry in result.entries:
+            url = entry.page_url
+            reason = None
+            if not is_same_site(url, self.hosts):
+                reason = "off-site"
+            elif not path_allowed(url, self.site.allow_re, self.site.deny_re):
+                reason = "allow/deny"
+            if reason:
+                sm.entries_skipped[reason] = sm.entries_skipped.get(reason, 0) + 1
+                continue
+            sm.pages += self._add_page(url, 0, "sitemap")
+            if entry.images:
+                self.state.sitemap_images.setdefault(url, []).extend(entry.images)
+                sm.images += len(entry.images)
+
+    # --- pages ----------------------------------------------------------------------------------
     def _allowed_by_robots(self, url: str, page_url: str | None = None) -> bool:
         """True if robots.txt lets us fetch ``url``. A host that never answered is recorded as a
-        failure of the page (or, with ``page_url``, of the image) with the reason, not as blocked."""
+        failure of the page (or, with ``page_url``, of the image) with its code, not as blocked."""
         if self.c.robots.allowed(url, self.site.delay_s):
             return True
         unreachable = self.c.robots.unreachable_reason(url)
         if unreachable is None:
             self.report.robots_blocked.append(url)
-            log.debug("robots.txt disallows %s", url)
         elif page_url is None:
-            self.report.pages_failed.append(PageFailure(url=url, reason=f"host {unreachable}"))
+            self.report.pages_failed.append(PageFailure(url=url, code="host.unreachable", message=f"host unreachable: {unreachable}"))
         else:
-            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, reason=f"host {unreachable}"))
+            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, code="host.unreachable",
+                                                          message=f"host unreachable: {unreachable}"))
         return False
 
-    def _visit(self, url: str, depth: int) -> None:
+    def _browser_may_request(self, url: str) -> bool:
+        return is_same_site(url, self.browser_hosts)
+
+    def _visit(self, url: str, depth: int, via: str) -> None:
         if not self._allowed_by_robots(url):
             return
-        delay = self.c._delay(url, self.site)
+        delay = self.c.delay_for(url, self.site)
         host = host_key(url)
-        self.page_loads += 1
-        if not self.c.config.reuse_browser:
-            self.c.browser.close()
+        self.state.page_loads += 1
+        if not self.c.reuse_browser:
+            self.browser.close()
         try:
-            page = self.c.browser.render(url, lambda: self.c.throttle.slot(host, delay))
+            page = self.browser.render(url, lambda: self.c.throttle.slot(host, delay), self._browser_may_request)
         except PageError as exc:
-            self.report.pages_failed.append(PageFailure(url=url, reason=exc.reason))
+            self.report.pages_failed.append(PageFailure(url=url, code=exc.code, message=str(exc)))
             return
-        final = normalize_url(page.url) or url
+        self._count_blocked(url, page.blocked)
+        documents = [b for b in page.blocked if b.resource_type == "Document"]
+        final = normalize_url(page.url)
+        if final is None and documents:  # a redirect or a script sent the tab off the site: stopped
+            self.report.off_site_redirects.append(OffSiteRedirect(url=url, to=documents[0].url, kind="page"))
+            return
+        final = final or url
         if final != url:
             if not is_same_site(final, self.hosts):
-                self.report.off_site_redirects.append(
-                    OffSiteRedirect(url=url, to=final, kind="page")
-                )
+                self.report.off_site_redirects.append(OffSiteRedirect(url=url, to=final, kind="page"))
                 return
             if not self._allowed_by_robots(final):
                 return
             self.seen_pages.add(final)
         if page.status is not None and page.status >= 400:
-            self.report.pages_failed.append(PageFailure(url=url, reason=f"HTTP {page.status}"))
+            self.report.pages_failed.append(PageFailure(url=url, code="page.http_status", message=f"HTTP {page.status}"))
             return
         self.report.pages_visited.append(final)
+        self.via[via] += 1
         meta = page.meta_robots
         if "nofollow" not in meta and "none" not in meta and depth < self.site.max_depth:
             self._enqueue_links(page.links, page.base, depth + 1)
+        images: list[tuple[str, str]] = []
         if "noimageindex" not in meta:
-            self._take_images(page_image_urls(page.imgs, page.singles, page.base), final)
+            images = [(u, via) for u in page_image_urls(page.imgs, page.singles, page.base)]
+            limit = self.c.config.max_images_per_page
+            images = images[:limit] if limit else images
+        images += [(u, "image_sitemap") for u in self.state.sitemap_images.pop(url, [])]
+        self.state.pending_images = [[u, final, v] for u, v in images]
+        self._checkpoint()  # the page is done from here: a resumed crawl never loads it again
+
+    def _count_blocked(self, page_url: str, blocked: list[Any]) -> None:
+        r = self.report
+        for b in blocked:
+            r.blocked_requests += 1
+            r.blocked_by_type[b.resource_type] = r.blocked_by_type.get(b.resource_type, 0) + 1
+            if len(r.blocked_samples) < 50:
+                r.blocked_samples.append({"url": b.url, "page_url": page_url, "type": b.resource_type})
 
     def _enqueue_links(self, links: list[str], base: str, depth: int) -> None:
         for link in links:
@@ -312,15 +434,24 @@ class _SiteCrawl:
                 reason = "allow/deny"
             else:
                 reason = self.traps.check(url)
-            self.seen_pages.add(url)
             if reason:
+                self.seen_pages.add(url)
                 self.skipped[reason] += 1
                 continue
-            self.frontier.append((url, depth))
+            self._add_page(url, depth, "link")
 
-    def _take_images(self, urls: list[str], page_url: str) -> None:
-        limit = self.c.config.max_images_per_page
-        for url in urls[:limit] if limit else urls:
+    # --- images ---------------------------------------------------------------------------------
+    def _finish_pending(self) -> None:
+        """Download and register the current page's images (in the download pool), then checkpoint."""
+        if not self.state.pending_images:
+            return
+        todo = [(p[0], p[1], p[2]) for p in self.state.pending_images]
+        self.c._downloads.submit(self._take_images, todo).result()
+        self.state.pending_images = []
+        self._checkpoint()
+
+    def _take_images(self, todo: list[tuple[str, str, str]]) -> None:
+        for url, page_url, via in todo:
             if url in self.seen_images:
                 continue
             self.seen_images.add(url)
@@ -331,43 +462,26 @@ class _SiteCrawl:
                 continue
             if not self._allowed_by_robots(url, page_url):
                 continue
-            self._download(url, page_url, role)
+            self._download(url, page_url, role, via)
 
-    def _download(self, url: str, page_url: str, role: str) -> None:
+    def _download(self, url: str, page_url: str, role: str, via: str) -> None:
         try:
-            got = self.c.fetcher.fetch_image(
-                url,
-                delay_s=self.c._delay(url, self.site),
-                allowed_hosts=self.redirect_hosts,
-                referer=page_url,
-            )
+            got = self.c.fetcher.fetch_image(url, delay_s=self.c.delay_for(url, self.site),
+                                             allowed_hosts=frozenset(self.redirect_hosts), referer=page_url)
         except FetchError as exc:
-            self.report.images_failed.append(
-                ImageFailure(url=url, page_url=page_url, reason=exc.reason)
-            )
+            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, code=exc.code, message=str(exc)))
             if isinstance(exc, OffSiteRedirectError):
-                self.report.off_site_redirects.append(
-                    OffSiteRedirect(url=url, to=exc.target, kind="image")
-                )
+                self.report.off_site_redirects.append(OffSiteRedirect(url=url, to=exc.target, kind="image"))
             elif isinstance(exc, RedirectBlockedByRobots):
                 self.report.robots_blocked.append(exc.target)
             return
         self.report.images_downloaded += 1
-        status = self.on_image(
-            ImageCandidate(
-                image_url=url,
-                page_url=page_url,
-                role=role,
-                data=got.data,
-                site=self.site.name,
-                category=self.category,
-                licence=self.site.licence,
-                content_type=got.content_type,
-                final_url=got.final_url,
-            )
-        )
-        key = status.split(":", 1)[0].strip() or status
-        self.statuses[key] += 1
-        if key != status:
-            self.rejections[status] += 1
-        self.report.images.append(ImageRecord(url=url, page_url=page_url, role=role, status=status))
+        outcome = self.c.register(self.on_image, ImageCandidate(
+            image_url=url, page_url=page_url, role=role, data=got.data, site=self.site.name,
+            category=self.category, licence=self.site.licence, content_type=got.content_type,
+            final_url=got.final_url, found_via=via))
+        self.statuses[outcome.status] += 1
+        if outcome.code:
+            self.rejections[outcome.code] += 1
+        self.report.images.append(ImageRecord(url=url, page_url=page_url, role=role, status=outcome.status,
+                                              code=outcome.code, found_via=via))

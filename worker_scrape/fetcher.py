@@ -12,8 +12,14 @@ from urllib.parse import urljoin
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from worker_scrape.config import CrawlConfig
-from worker_scrape.errors import FetchError, OffSiteRedirect, RedirectBlockedByRobots
+from common.settings import ScrapeSettings
+from worker_scrape.errors import (
+    FetchRefused,
+    FetchUnavailable,
+    HttpStatus,
+    OffSiteRedirect,
+    RedirectBlockedByRobots,
+)
 from worker_scrape.robots import RobotsCache
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key, normalize_url
@@ -42,7 +48,7 @@ class Fetcher:
 
     def __init__(
         self,
-        config: CrawlConfig,
+        config: ScrapeSettings,
         throttle: HostThrottle | None = None,
         robots: RobotsCache | None = None,
         session: requests.Session | None = None,
@@ -64,7 +70,7 @@ class Fetcher:
         allowed_hosts: frozenset[str] | None = None,
         referer: str | None = None,
     ) -> FetchedImage:
-        """Download ``url`` and return its bytes, or raise :class:`FetchError`.
+        """Download ``url`` and return its bytes, or raise a :class:`~worker_scrape.errors.FetchError`.
 
         Redirects may only go to ``url``'s own host or to one of ``allowed_hosts``
         (``host[:port]`` keys); any other target is refused before it is requested.
@@ -87,12 +93,12 @@ class Fetcher:
                 )
             target = normalize_url(urljoin(current, location))
             if target is None:
-                raise FetchError(f"redirect to unsupported URL {location[:100]!r}", url)
+                raise FetchRefused(f"redirect to unsupported URL {location[:100]!r}", url, code="fetch.bad_redirect")
             target_host = host_key(target)
             if target_host not in hosts:
                 raise OffSiteRedirect(target_host, target, url)
             current = target
-        raise FetchError("too many redirects", url)
+        raise FetchRefused("too many redirects", url, code="fetch.too_many_redirects")
 
     def _request(
         self, url: str, deadline: float, referer: str | None
@@ -101,7 +107,7 @@ class Fetcher:
         ``("", (content_type, data))``."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchError("timeout", url)
+            raise FetchUnavailable("timeout", url, code="fetch.timeout")
         headers = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8"}
         if referer:
             headers["Referer"] = referer
@@ -114,24 +120,24 @@ class Fetcher:
                 timeout=(min(remaining, 10.0), remaining),
             )
         except requests.Timeout:
-            raise FetchError("timeout", url) from None
+            raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
         except requests.RequestException as exc:
-            raise FetchError(f"connection error: {_short(exc)}", url) from None
+            raise FetchUnavailable(f"connection error: {_short(exc)}", url, code="fetch.connection") from None
         with resp:
             if resp.status_code in _REDIRECTS:
                 location = resp.headers.get("Location")
                 if not location:
-                    raise FetchError(f"HTTP {resp.status_code} without Location", url)
+                    raise FetchRefused(f"HTTP {resp.status_code} without Location", url, code="fetch.bad_redirect")
                 return location, None
             if resp.status_code >= 300:
-                raise FetchError(f"HTTP {resp.status_code}", url)
+                raise HttpStatus(resp.status_code, url)
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if not ctype.startswith("image/"):
-                raise FetchError(f"not an image: {ctype or '(no content type)'}", url)
+                raise FetchRefused(f"not an image: {ctype or '(no content type)'}", url, code="fetch.not_an_image")
             limit = self.config.max_image_bytes
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > limit:
-                raise FetchError(f"too large: {declared} bytes > {limit}", url)
+                raise FetchRefused(f"too large: {declared} bytes > {limit}", url, code="fetch.too_large")
             return "", (ctype, self._read(resp, url, limit, deadline))
 
     @staticmethod
@@ -141,14 +147,14 @@ class Fetcher:
             for chunk in resp.iter_content(CHUNK):
                 buf += chunk
                 if len(buf) > limit:
-                    raise FetchError(f"too large: more than {limit} bytes", url)
+                    raise FetchRefused(f"too large: more than {limit} bytes", url, code="fetch.too_large")
                 if time.monotonic() > deadline:
-                    raise FetchError("timeout", url)
+                    raise FetchUnavailable("timeout", url, code="fetch.timeout")
         except requests.Timeout:
-            raise FetchError("timeout", url) from None
+            raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
         except requests.RequestException as exc:
             # requests reports a read timeout in the body as a ConnectionError
             if exc.args and isinstance(exc.args[0], ReadTimeoutError):
-                raise FetchError("timeout", url) from None
-            raise FetchError(f"connection error: {_short(exc)}", url) from None
+                raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
+            raise FetchUnavailable(f"connection error: {_short(exc)}", url, code="fetch.connection") from None
         return bytes(buf)

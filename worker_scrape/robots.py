@@ -1,7 +1,10 @@
 """robots.txt, fetched once per host and cached for the life of a :class:`RobotsCache`
 (one crawl batch).
 
-Semantics are those of :mod:`urllib.robotparser`, with these outcomes of the fetch:
+Rules are read by RFC 9309 with Protego (the parser Scrapy uses): the group of the longest
+matching user-agent product token (else ``*``), ``*`` and ``$`` in paths, the longest matching
+rule wins and ``Allow`` wins a tie; ``Crawl-delay`` and ``Sitemap:`` lines are read too.
+Outcomes of the fetch:
 
 * 2xx: the file is parsed (the first 512 KiB).
 * 401 / 403: everything is disallowed (as ``urllib.robotparser`` does).
@@ -19,9 +22,9 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
-from urllib.robotparser import RobotFileParser
 
 import requests
+from protego import Protego
 
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key
@@ -35,13 +38,14 @@ MAX_ROBOTS_BYTES = 512 * 1024
 class RobotsEntry:
     """What is known about one host's robots.txt."""
 
-    status: str  # "ok", "missing", "forbidden", "unreachable: <why>"
-    parser: RobotFileParser | None = None
+    status: Literal["ok", "missing", "forbidden", "unreachable"]
+    parser: Protego | None = None
     allow_all: bool = False
+    why: str = ""  # for "unreachable": "timeout", "connection refused", "HTTP 503", ...
 
     def can_fetch(self, user_agent: str, url: str) -> bool:
         if self.parser is not None:
-            return self.parser.can_fetch(user_agent, url)
+            return bool(self.parser.can_fetch(url, user_agent))
         return self.allow_all
 
     def crawl_delay(self, user_agent: str) -> float | None:
@@ -49,6 +53,11 @@ class RobotsEntry:
             return None
         delay = self.parser.crawl_delay(user_agent)
         return float(delay) if delay is not None else None
+
+    @property
+    def sitemaps(self) -> list[str]:
+        """The file's ``Sitemap:`` URLs, in file order."""
+        return list(self.parser.sitemaps) if self.parser is not None else []
 
 
 class RobotsCache:
@@ -101,6 +110,10 @@ class RobotsCache:
         """The host's ``Crawl-delay`` for our User-Agent, if it sets one."""
         return self.entry(url, delay_s).crawl_delay(self.user_agent)
 
+    def sitemaps(self, url: str, delay_s: float = 0.0) -> list[str]:
+        """The ``Sitemap:`` URLs of ``url``'s host."""
+        return self.entry(url, delay_s).sitemaps
+
     def _fetch(self, url: str, delay_s: float) -> RobotsEntry:
         robots_url = self.robots_url(url)
         try:
@@ -130,14 +143,13 @@ class RobotsCache:
             return RobotsEntry(status="missing", allow_all=True)
         if status >= 500:
             return self._unreachable(robots_url, f"HTTP {status}")
-        parser = RobotFileParser(robots_url)
-        parser.parse(body.decode("utf-8", errors="replace").splitlines())
+        parser = Protego.parse(body.decode("utf-8", errors="replace"))
         return RobotsEntry(status="ok", parser=parser)
 
     def unreachable_reason(self, url: str) -> str | None:
         """Why ``url``'s host could not be asked for robots.txt (None if it answered)."""
-        status = self.entry(url).status
-        return status if status.startswith("unreachable") else None
+        entry = self.entry(url)
+        return entry.why if entry.status == "unreachable" else None
 
     def _unreachable(self, robots_url: str, why: str) -> RobotsEntry:
         allow = self.on_unreachable == "allow"
@@ -147,7 +159,7 @@ class RobotsCache:
             why,
             "crawled as unrestricted" if allow else "not crawled",
         )
-        return RobotsEntry(status=f"unreachable: {why}", allow_all=allow)
+        return RobotsEntry(status="unreachable", allow_all=allow, why=why)
 
 
 def connection_failure(exc: BaseException) -> str:

@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common import jobs as jobstore
 from common.assets import Provenance, register_image_bytes
-from common.errors import InputError, TransientError
+from common.errors import ConfigError, InputError
 from common.jobs import ClaimedJob, Outcome
+from common.models import Job
 from common.pairing import pair_new_assets
 from common.runner import StageContext
-from common.settings import Settings
-from worker_scrape.config import CrawlConfig
-from worker_scrape.errors import BrowserError, SiteError
+from common.settings import ScrapeSettings
 from worker_scrape.sites import Site, load_sites, sample_sites
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ def queue_crawl(session: Session, sites_file: Path, *, batches: int, seed: int,
     The key holds the file's hash, the seed and the batch number: the same command twice
     queues nothing new.
     """
-    try:
-        site_file = load_sites(sites_file)
-    except SiteError as exc:
-        raise InputError(str(exc)) from None
+    site_file = load_sites(sites_file)  # a SiteError is an InputError: exit 2, one line
     digest = hashlib.sha256(sites_file.read_bytes()).hexdigest()[:16]
     report = CrawlQueueReport(0, 0, seed, [])
     for i, (category, site) in enumerate(sample_sites(site_file, batches, seed)):
@@ -67,18 +64,18 @@ def queue_crawl(session: Session, sites_file: Path, *, batches: int, seed: int,
 
 
 class _ResidentCrawler:
-    """One browser per worker process, reused across batches (restarted by the crawler if it dies)."""
+    """One crawler (browsers, robots cache, throttle) per worker process, reused across batches."""
 
     def __init__(self) -> None:
         self.crawler: Any = None
-        self.config: CrawlConfig | None = None
+        self.config: ScrapeSettings | None = None
 
-    def get(self, config: CrawlConfig) -> Any:
+    def get(self, config: ScrapeSettings) -> Any:
         from worker_scrape.crawler import Crawler
 
         if self.crawler is None or config != self.config:
             self.close()
-            self.crawler, self.config = Crawler(config), config
+            self.crawler, self.config = Crawler(config.model_copy()), config.model_copy()
         return self.crawler
 
     def close(self) -> None:
@@ -91,49 +88,110 @@ RESIDENT = _ResidentCrawler()
 atexit.register(RESIDENT.close)
 
 
-def crawl_config(settings: Settings) -> CrawlConfig:
-    return CrawlConfig.from_settings(settings.scrape)
-
-
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
-    """Crawl each job's site; one outcome per job."""
-    return [_crawl_one(job, ctx) for job in jobs]
+    """Crawl each job's site, ``scrape.concurrency`` sites at a time; one outcome per job.
 
+    A missing browser raises :class:`BrowserMissing` (a settings error): the runner gives every
+    job of the batch back, uncharged.
+    """
+    from worker_scrape.browser import check_browser_paths
+    from worker_scrape.crawlstate import CrawlState
 
-def _crawl_one(job: ClaimedJob, ctx: StageContext) -> Outcome:
-    try:
-        site = Site.model_validate(job.payload["site"])
-        category = str(job.payload["category"])
-    except Exception as exc:
-        return Outcome.from_error(InputError(f"scrape job {job.key}: bad payload: {exc}"))
     settings = ctx.settings
-    pair_seed = int(hashlib.sha256(job.key.encode()).hexdigest()[:8], 16)
-    registered: list[int] = []
+    check_browser_paths(settings.scrape)
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    runs: list[_JobRun] = []
+    for i, job in enumerate(jobs):
+        try:
+            site = Site.model_validate(job.payload["site"])
+            category = str(job.payload["category"])
+        except Exception as exc:
+            outcomes[i] = Outcome.from_error(InputError(f"scrape job {job.key}: bad payload: {exc}",
+                                                        code="scrape.bad_payload"))
+            continue
+        runs.append(_JobRun(i, job, site, category, ctx, _load_checkpoint(ctx, job, CrawlState)))
+    if runs:
+        from worker_scrape.crawler import CrawlItem
 
-    def on_image(candidate: Any) -> str:
+        crawler = RESIDENT.get(settings.scrape)
+        items = [CrawlItem(r.site, r.category, _OnImage(r, ctx), r.job.payload.get("max_pages"), r.state,
+                           r.checkpoint) for r in runs]
+        for run, result in zip(runs, crawler.crawl_batch(items), strict=True):
+            outcomes[run.index] = run.outcome(result)
+    return [o for o in outcomes if o is not None]
+
+
+class _JobRun:
+    """One scrape job of a batch: its site, its checkpoint and its registered assets."""
+
+    def __init__(self, index: int, job: ClaimedJob, site: Site, category: str, ctx: StageContext,
+                 state: Any) -> None:
+        self.index, self.job, self.site, self.category, self.ctx, self.state = index, job, site, category, ctx, state
+        self.registered: list[int] = []
+        self.pair_seed = int(hashlib.sha256(job.key.encode()).hexdigest()[:8], 16)
+
+    def checkpoint(self, state: Any) -> None:
+        """Store the crawl's state on the job row, fenced on the claim's attempt."""
+        with self.ctx.db.session() as s:
+            s.execute(update(Job).where(Job.id == self.job.id, Job.status == "running",
+                                        Job.attempts == self.job.attempts)
+                      .values(result={CHECKPOINT_KEY: state.model_dump(mode="json")}))
+
+    def outcome(self, result: Any) -> Outcome:
+        from worker_scrape.errors import BrowserError
+
+        if isinstance(result, ConfigError):
+            raise result
+        if isinstance(result, BrowserError):
+            RESIDENT.close()
+            return Outcome.from_error(result)
+        if isinstance(result, BaseException):
+            return Outcome.from_error(result)
+        summary = result.summary()
+        return Outcome.ok({"site": self.site.name, "category": self.category,
+                           "registered_assets": len(self.registered), **summary,
+                           "report": result.model_dump(mode="json")})
+
+
+CHECKPOINT_KEY = "crawl_checkpoint"
+
+
+def _load_checkpoint(ctx: StageContext, job: ClaimedJob, state_cls: Any) -> Any:
+    with ctx.db.session() as s:
+        result = s.scalar(select(Job.result).where(Job.id == job.id))
+    if not isinstance(result, dict) or CHECKPOINT_KEY not in result:
+        return None
+    try:
+        return state_cls.model_validate(result[CHECKPOINT_KEY])
+    except Exception:
+        log.warning("scrape job %s: unreadable checkpoint, crawling from the start", job.key)
+        return None
+
+
+class _OnImage:
+    """Registers a downloaded image (safe loader, dedup, store) and pairs it, in one transaction."""
+
+    def __init__(self, run: _JobRun, ctx: StageContext) -> None:
+        self.run, self.ctx = run, ctx
+
+    def __call__(self, candidate: Any) -> Any:
+        from worker_scrape.crawler import ImageOutcome
+
+        run = self.run
+        settings = self.ctx.settings
         provenance = Provenance(
-            source_url=candidate.image_url, page_url=candidate.page_url, site=candidate.site or site.name,
-            category=candidate.category or category, licence=candidate.licence, fetched_at=dt.datetime.now(dt.UTC),
+            source_url=candidate.image_url, page_url=candidate.page_url, site=candidate.site,
+            category=candidate.category, licence=candidate.licence, fetched_at=dt.datetime.now(dt.UTC),
         )
-        with ctx.db.session() as s:
+        with self.ctx.db.session() as s:
             reg = register_image_bytes(
-                s, candidate.data, role=candidate.role, provenance=provenance, storage=ctx.storage,
+                s, candidate.data, role=candidate.role, provenance=provenance, storage=self.ctx.storage,
                 limits=settings.images, phash_threshold=settings.scrape.phash_threshold,
                 colour_tolerance=settings.scrape.colour_tolerance,
             )
             if reg.status == "registered" and reg.asset_id is not None:
-                registered.append(reg.asset_id)
+                run.registered.append(reg.asset_id)
                 if settings.pairing.auto_pair:  # same transaction: an asset is never left unpaired
-                    pair_new_assets(s, settings, [reg.asset_id], seed=pair_seed + len(registered))
-        return reg.status if reg.status != "rejected" else f"rejected: {reg.reason}"
-
-    try:
-        crawler = RESIDENT.get(crawl_config(settings))
-        report = crawler.crawl_site(site, category, max_pages=job.payload.get("max_pages"), on_image=on_image)
-    except BrowserError as exc:
-        RESIDENT.close()
-        return Outcome.from_error(TransientError(f"browser: {exc}"))
-    summary = report.summary()
-    result = {"site": site.name, "category": category, "registered_assets": len(registered), **summary,
-              "report": report.model_dump(mode="json")}
-    return Outcome.ok(result)
+                    pair_new_assets(s, settings, [reg.asset_id], seed=run.pair_seed + len(run.registered))
+        code = getattr(reg, "code", None) or ("image.rejected" if reg.status == "rejected" else None)
+        return ImageOutcome(reg.status, code, reg.reason or "")

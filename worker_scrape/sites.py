@@ -56,7 +56,19 @@ def _check_http_url(url: str) -> str:
     return url
 
 
+def _check_host(host: str) -> str:
+    parts = urlsplit(f"http://{host}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{host!r} has a bad port") from None
+    if not parts.hostname or parts.netloc != host or parts.path or "@" in host:
+        raise ValueError(f"{host!r} is not a host or host:port (no scheme, no path)")
+    return host.lower()
+
+
 Regex = Annotated[str, AfterValidator(_check_regex)]
+HostStr = Annotated[str, AfterValidator(_check_host)]
 HttpUrlStr = Annotated[str, AfterValidator(_check_http_url)]
 
 
@@ -80,6 +92,7 @@ class Site(_Model):
     roles: list[RoleRule] = Field(default_factory=list)
     default_role: Role | None = None
     licence: str | None = None
+    hosts: list[HostStr] = Field(default_factory=list)  # more hosts of the site (image/script CDNs), host[:port]
 
     @cached_property
     def allow_re(self) -> list[re.Pattern[str]]:
