@@ -25,7 +25,7 @@ ROLES = ("person", "garment", "character")
 RECIPES = ("tryon", "enrich")
 FINAL_STATUSES = ("succeeded", "skipped", "failed", "dead", "cancelled")
 #: where an edit came from
-EDIT_ORIGINS = ("pipeline", "imported")
+EDIT_ORIGINS = ("pipeline", "imported", "generated")
 DECISIONS = ("accepted", "rejected")
 
 
@@ -301,6 +301,32 @@ class ReviewLoginFailure(Base):
 # --- train (issue: flywheel) --------------------------------------------------------------
 # --- generate (issue: FLUX) ---------------------------------------------------------------
 
+#: how a lineage row's asset came to be
+ASSET_PROVENANCES = ("generated",)
+
+
+class AssetLineage(Base):
+    """Where a generated asset came from: the character photo it depicts, the adapter, prompt,
+    seed and parameters that made it, and the edit row (origin ``generated``) it is scored as."""
+
+    __tablename__ = "asset_lineage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), unique=True)
+    provenance: Mapped[str] = mapped_column(String(16), default="generated", index=True)
+    source_asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id"), index=True)
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"), unique=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    backend: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+
 
 __all__ = [
     "FINAL_STATUSES",
@@ -309,8 +335,10 @@ __all__ = [
     "DECISIONS",
     "EDIT_ORIGINS",
     "STATUSES",
+    "ASSET_PROVENANCES",
     "Analysis",
     "Asset",
+    "AssetLineage",
     "Base",
     "Decision",
     "Edit",

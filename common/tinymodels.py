@@ -25,6 +25,8 @@ TINY_MODELS: tuple[TinyModel, ...] = (
     TinyModel("vl", "worker_vl.tiny:build_tiny_vl", "SYNTHPIPE_VL_MODEL"),
     TinyModel("edit", "worker_edit.tiny:build_tiny_instruct_pix2pix", "SYNTHPIPE_EDIT_MODEL"),
     TinyModel("edit-plus", "worker_edit.tiny:build_tiny_qwen_image_edit_plus", "SYNTHPIPE_EDIT__PLUS_MODEL"),
+    TinyModel("flux-kontext", "worker_edit.tiny:build_tiny_flux_kontext", "SYNTHPIPE_EDIT__KONTEXT_MODEL"),
+    TinyModel("flux", "worker_edit.tiny:build_tiny_flux", "SYNTHPIPE_GENERATE__MODEL"),
 )
 
 
@@ -56,6 +58,12 @@ def tiny_run_settings() -> dict[str, str]:
         "SYNTHPIPE_EDIT__STEPS": "2",
         "SYNTHPIPE_EDIT__PLUS_STEPS": "2",
         "SYNTHPIPE_EDIT__MAX_SIDE": "64",
+        "SYNTHPIPE_EDIT__KONTEXT_STEPS": "2",
+        "SYNTHPIPE_EDIT__KONTEXT_MAX_SEQUENCE_LENGTH": "32",
+        "SYNTHPIPE_GENERATE__STEPS": "2",
+        "SYNTHPIPE_GENERATE__WIDTH": "64",
+        "SYNTHPIPE_GENERATE__HEIGHT": "64",
+        "SYNTHPIPE_GENERATE__MAX_SEQUENCE_LENGTH": "32",
     }
 
 

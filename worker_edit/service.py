@@ -51,6 +51,11 @@ def backend_options(name: str, settings: Settings) -> dict[str, Any]:
                             "device": e.device, "dtype": e.dtype, "max_batch": e.batch_size}
     if name in MULTI_IMAGE_BACKENDS:
         opts.update(model=e.plus_model, steps=e.plus_steps, guidance_scale=e.plus_guidance_scale)
+    elif name == "flux-kontext":
+        opts.update(model=e.kontext_model, steps=e.kontext_steps, guidance_scale=e.kontext_guidance_scale,
+                    true_cfg_scale=e.kontext_true_cfg_scale, max_sequence_length=e.kontext_max_sequence_length,
+                    auto_resize=e.kontext_auto_resize, lora_scale=e.kontext_lora_scale,
+                    lora_path=str(e.kontext_lora_path) if e.kontext_lora_path else None)
     else:
         opts.update(model=settings.edit_model, image_guidance_scale=e.image_guidance_scale,
                     scheduler=e.scheduler)

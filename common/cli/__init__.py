@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "common.cli.offline",
     "common.cli.review",
     "common.cli.train",
+    "common.cli.generate",
     "common.cli.monitor",
 )
 
@@ -52,7 +53,7 @@ def setup_logging(level: int) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("synthpipe", "common", "worker_scrape", "worker_vl", "worker_edit", "worker_score",
-                 "worker_train"):
+                 "worker_train", "worker_generate"):
         logging.getLogger(name).setLevel(level)
     # transformers and diffusers log through their own verbosity; keep them to errors unless debugging
     for name in ("transformers", "diffusers"):

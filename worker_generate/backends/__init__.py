@@ -1,0 +1,12 @@
+"""Text-to-image backends. Their names are registered in ``common.backends.GENERATE_BACKENDS``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.backends import load_backend
+
+
+def get_backend(name: str, **kwargs: Any) -> Any:
+    """Construct the generate backend registered as ``name`` (weights are not loaded yet)."""
+    return load_backend("generate", name, **kwargs)
