@@ -340,6 +340,8 @@ class _SiteCrawl:
                 reason = "off-site"
             elif not path_allowed(url, self.site.allow_re, self.site.deny_re):
                 reason = "allow/deny"
+            elif not self.c.robots.allowed(url, self.site.delay_s):
+                reason = "robots"
             if reason:
                 sm.entries_skipped[reason] = sm.entries_skipped.get(reason, 0) + 1
                 continue

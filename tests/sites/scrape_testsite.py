@@ -54,6 +54,7 @@ class SiteServer:
     """Serves ``routes`` (keyed by path, or path?query) on 127.0.0.1 and logs every request."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
@@ -117,8 +118,13 @@ class SiteServer:
             return Response(404, b"<html><body>not found</body></html>")
         return route(path) if callable(route) else route
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or self.host}:{self.port}{path}"
+
+    def times(self, prefix: str = "") -> list[float]:
+        """When each request (whose path starts with ``prefix``) arrived, in order."""
+        with self._lock:
+            return [r.t for r in self.log if r.path.startswith(prefix)]
 
     def paths(self) -> list[str]:
         with self._lock:
