@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli.base import context, emit, positive
+from common.errors import InputError
 
 
 def _positive_float(text: str) -> float:
@@ -26,6 +27,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from worker_train.service import queue_train
 
+    if args.target == "character":
+        return _train_character(args)
+    if args.character or args.trigger:
+        raise InputError("--character and --trigger are for `train character`")
     ctx = context()
     with ctx.db.session() as s:
         job_id, key, snap = queue_train(s, ctx.settings, args.target, base=args.base, **_overrides(args))
@@ -34,6 +39,26 @@ def cmd_train(args: argparse.Namespace) -> int:
            "snapshot": {"id": snap_id, "sha256": sha, "edits": size, **selection}}
     where = "the train workers" if ctx.settings.distributed else "`synthpipe run --stage train`"
     human = (f"snapshot {snap_id} ({size} accepted edits, sha256 {sha[:12]}); "
+             + (f"queued train job {job_id} for {where}" if job_id else f"the same train job exists already ({key})"))
+    emit(args, obj, human)
+    return 0
+
+
+def _train_character(args: argparse.Namespace) -> int:
+    from worker_train.trainers.character_lora import queue_character_train
+
+    if not args.character:
+        raise InputError("train character needs --character ASSET (an asset id, sha256 or ingested path)")
+    ctx = context()
+    with ctx.db.session() as s:
+        job_id, key, snap = queue_character_train(s, ctx.settings, args.character, base=args.base,
+                                                  trigger=args.trigger, **_overrides(args))
+        selection, snap_id, sha, size = dict(snap.selection), snap.id, snap.sha256, snap.size
+    obj = {"job_id": job_id, "key": key, "queued": job_id is not None, "target": "character",
+           "snapshot": {"id": snap_id, "sha256": sha, "edits": size, **selection}}
+    where = "the train workers" if ctx.settings.distributed else "`synthpipe run --stage train`"
+    human = (f"snapshot {snap_id} (the photo + {size} accepted images of character asset "
+             f"{selection['character_asset_id']}); "
              + (f"queued train job {job_id} for {where}" if job_id else f"the same train job exists already ({key})"))
     emit(args, obj, human)
     return 0
@@ -87,15 +112,20 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     t = sub.add_parser("train", help="freeze a snapshot of the accepted set and queue one LoRA train job")
-    t.add_argument("target", choices=["edit", "vl"], help="edit: the InstructPix2Pix UNet; vl: the Qwen-VL model")
-    t.add_argument("--base", default=None, help="base model id or folder (default: edit_model / vl_model)")
+    t.add_argument("target", choices=["edit", "vl", "character"],
+                   help="edit: the InstructPix2Pix UNet; vl: the Qwen-VL model; character: a FLUX LoRA of one character")
+    t.add_argument("--base", default=None,
+                   help="base model id or folder (default: edit_model / vl_model / generate.model)")
+    t.add_argument("--character", default=None, metavar="ASSET",
+                   help="train character: the character photo (asset id, sha256 or ingested path)")
+    t.add_argument("--trigger", default=None, help="train character: its token (default: generate.trigger_word)")
     _train_flags(t)
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("adapters", help="trained LoRA adapters")
     subs = a.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
     ls = subs.add_parser("list", help="every adapter, newest first")
-    ls.add_argument("--target", choices=["edit", "vl"], default=None)
+    ls.add_argument("--target", choices=["edit", "vl", "character"], default=None)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_adapters_list)
 

@@ -1,0 +1,148 @@
+"""The training loop every LoRA trainer shares: optimizer, progress bar, loss curve, checkpoints.
+
+A trainer supplies ``loss_at(step)`` (the loss of that step's batch: examples, noise and
+dropout are drawn from generators seeded by ``seed`` and the step, so a resumed run sees the
+same batches as an uninterrupted one), the trainable parameters, and how to read and load
+their weights. The loop does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.devices import resolve_device
+from common.errors import ConfigError
+from common.progress import bar
+from worker_train import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Everything that shapes a train job besides its data; recorded on the adapter."""
+
+    rank: int
+    lr: float
+    steps: int
+    batch_size: int = 2
+    resolution: int = 256
+    checkpoint_every: int = 25
+    seed: int = 0
+    conditioning_dropout: float = 0.05
+    gradient_checkpointing: bool = True
+    optimizer: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Runtime:
+    """What ``auto`` came to on this machine."""
+
+    device: str
+    dtype: Any  # torch.dtype
+    optimizer: str
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+@dataclass
+class TrainResult:
+    loss_curve: list[list[float]]  # [[step, loss], ...]
+    steps: int
+    seconds: float
+    resumed_from: int | None
+    eval_loss_start: float
+    eval_loss_end: float
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+
+def runtime_for(hp: Hyper) -> Runtime:
+    import torch
+
+    device = resolve_device(hp.device)
+    cuda = device.startswith("cuda")
+    if hp.dtype == "auto":
+        dtype = torch.bfloat16 if cuda else torch.float32
+    else:
+        dtype = getattr(torch, hp.dtype)
+    optimizer = hp.optimizer if hp.optimizer != "auto" else ("adamw8bit" if cuda else "adamw")
+    return Runtime(device, dtype, optimizer)
+
+
+def make_optimizer(params: list[Any], hp: Hyper, rt: Runtime) -> Any:
+    import torch
+
+    if rt.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("train.optimizer adamw8bit needs bitsandbytes: pip install 'synthpipe[train]'") from None
+        return bnb.optim.AdamW8bit(params, lr=hp.lr, weight_decay=1e-2)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=1e-2)
+
+
+def run(
+    *,
+    desc: str,
+    hp: Hyper,
+    rt: Runtime,
+    params: list[Any],
+    loss_at: Callable[[int], Any],
+    eval_loss: Callable[[], float],
+    get_weights: Callable[[], dict[str, Any]],
+    set_weights: Callable[[dict[str, Any]], None],
+    checkpoint_dir: Path,
+) -> TrainResult:
+    """Train ``hp.steps`` optimizer steps, resuming from the newest checkpoint in ``checkpoint_dir``."""
+    import torch
+
+    optimizer = make_optimizer(params, hp, rt)
+    start, curve, resumed = 0, [], None
+    seconds_before = 0.0
+    ckpt = checkpoints.latest(checkpoint_dir)
+    if ckpt is not None:
+        set_weights(ckpt.weights)
+        optimizer.load_state_dict(ckpt.optimizer)
+        start, curve, resumed = ckpt.step, list(ckpt.state["loss_curve"]), ckpt.step
+        eval_start = float(ckpt.state["eval_loss_start"])
+        seconds_before = float(ckpt.state.get("seconds", 0.0))
+        log.info("%s: resuming from the checkpoint at step %d", desc, start)
+    else:
+        eval_start = eval_loss()
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - started
+
+    with bar(desc=desc, total=hp.steps, unit="step") as pbar:
+        pbar.update(start)
+        for step in range(start, hp.steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_at(step)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            value = float(loss.detach().float().item())
+            curve.append([step + 1, round(value, 6)])
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{value:.4f}")
+            done = step + 1
+            if done % hp.checkpoint_every == 0 and done < hp.steps:
+                checkpoints.save(checkpoint_dir, done, get_weights(), optimizer.state_dict(),
+                                 {"loss_curve": curve, "eval_loss_start": eval_start, "seconds": elapsed()})
+    eval_end = eval_loss()
+    runtime = {"device": rt.device, "dtype": rt.dtype_name, "optimizer": rt.optimizer}
+    return TrainResult(curve, hp.steps, round(elapsed(), 3), resumed, eval_start, eval_end, runtime)
