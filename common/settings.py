@@ -288,6 +288,7 @@ class ScoreSettings(Section):
     clip_source_caption: str = Field("a photo", description="text the instruction is compared against for CLIP directional similarity (the input photo has no caption)")
     dino_model: str = Field("facebook/dinov2-base", description="hub id or local directory of the DINOv2 checkpoint")
     garment_model: str | None = Field(None, description="DINOv2 checkpoint of the garment scorer (default: dino_model)")
+    judge_model: str | None = Field(None, description="Qwen-VL checkpoint of the judge (default: vl_model, sharing the VL stage's resident model; the judge runs with the vl.* device, dtype and pixel settings)")
     change_side: int = Field(256, ge=16, description="longest side both photos are resized to before MAD and SSIM")
     face_upsample: int = Field(1, ge=0, le=3, description="times dlib's HOG detector upsamples (finds smaller faces, slower)")
     face_max_side: int = Field(1024, ge=64, description="photos are shrunk to this longest side before face detection")

@@ -48,6 +48,8 @@ def _default(field: FieldInfo) -> str:
     if isinstance(value, Path):
         return f"`{value}`"
     if isinstance(value, list):
+        if value and typing.get_origin(typing.get_args(field.annotation)[0] if typing.get_args(field.annotation) else None) is not typing.Literal:
+            return f"`{','.join(map(str, value))}`"
         return "all" if value else "none"
     return f"`{value}`"
 
@@ -69,6 +71,9 @@ def _rows(prefix: str, toml_section: str | None, fields: dict[str, FieldInfo]) -
     rows = []
     registry_names = _names()
     for name, field in fields.items():
+        if isinstance(field.default, BaseModel):  # a table inside a section: [score.tryon]
+            rows += _rows(f"{prefix}{name.upper()}__", f"{toml_section}.{name}", type(field.default).model_fields)
+            continue
         env = f"{prefix}{name.upper()}"
         toml = f"[{toml_section}] {name}" if toml_section else name
         allowed = registry_names.get(f"{toml_section}.{name}") or _allowed(field)

@@ -25,6 +25,8 @@ TINY_MODELS: tuple[TinyModel, ...] = (
     TinyModel("vl", "worker_vl.tiny:build_tiny_vl", "SYNTHPIPE_VL_MODEL"),
     TinyModel("edit", "worker_edit.tiny:build_tiny_instruct_pix2pix", "SYNTHPIPE_EDIT_MODEL"),
     TinyModel("edit-plus", "worker_edit.tiny:build_tiny_qwen_image_edit_plus", "SYNTHPIPE_EDIT__PLUS_MODEL"),
+    TinyModel("clip", "worker_score.tiny:build_tiny_clip", "SYNTHPIPE_SCORE__CLIP_MODEL"),
+    TinyModel("dino", "worker_score.tiny:build_tiny_dinov2", "SYNTHPIPE_SCORE__DINO_MODEL"),
     TinyModel("flux-kontext", "worker_edit.tiny:build_tiny_flux_kontext", "SYNTHPIPE_EDIT__KONTEXT_MODEL"),
     TinyModel("flux", "worker_edit.tiny:build_tiny_flux", "SYNTHPIPE_GENERATE__MODEL"),
 )

@@ -24,6 +24,7 @@ from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis, Edit
 from common.resident import ResidentModels
 from common.runner import StageContext
+from common.scorequeue import queue_score
 from common.settings import Settings
 from worker_edit.backends import get_backend
 from worker_edit.backends.base import EditItem, EditOutput
@@ -129,11 +130,14 @@ def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageCon
     width, height = out.image.size
 
     def write(session: Session, job: ClaimedJob) -> None:
-        session.add(Edit(
+        edit = Edit(
             job_id=job.id, analysis_id=p.analysis_id, item_set_id=p.item_set.id, backend=p.backend,
             model_id=str(params.get("model", "")), params=params, seed=p.item.seed, output_uri=stored.uri,
             output_sha256=stored.sha256, width=width, height=height, timings=timings,
-        ))
+        )
+        session.add(edit)
+        session.flush()
+        queue_score(session, edit.id, item_set_id=p.item_set.id, parent_id=job.id)  # every edit is scored
 
     result = {"output_uri": stored.uri, "seed": p.item.seed, "width": width, "height": height, **timings}
     return Outcome.ok(result, write=write)

@@ -28,11 +28,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         from common.decide import redecide_all
 
         with ctx.db.session() as s:
-            report = redecide_all(s, ctx.settings)
-        emit(args, report, "\n".join([
-            f"re-decided {report['decided']} edits from stored scores ({report['changed']} changed): "
-            f"{report['accepted']} accepted, {report['rejected']} rejected",
-            *(f"  {code}: {n}" for code, n in report["reasons"].items()),
+            decided = redecide_all(s, ctx.settings)
+        emit(args, decided, "\n".join([
+            f"re-decided {decided['decided']} edits from stored scores ({decided['changed']} changed): "
+            f"{decided['accepted']} accepted, {decided['rejected']} rejected",
+            *(f"  {code}: {n}" for code, n in decided["reasons"].items()),
         ]))
         return 0
     from sqlalchemy import select
