@@ -120,7 +120,8 @@ def build_real(out: Path, *, init_device: str = "cpu", overrides: dict[str, dict
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from worker_edit.tiny import save_instruct_pix2pix, write_clip_tokenizer_files
+    from common.tinytok import write_clip_tokenizer_files
+    from worker_edit.tiny import save_instruct_pix2pix
 
     overrides = overrides or {}
     out.mkdir(parents=True, exist_ok=True)

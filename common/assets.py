@@ -54,7 +54,7 @@ def register_image_bytes(
     role: str,
     provenance: Provenance,
     storage: Storage,
-    limits: ImageSettings | None = None,
+    limits: ImageSettings,
     phash_threshold: int | None = None,
     colour_tolerance: int = 24,
 ) -> Registration:

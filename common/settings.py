@@ -76,6 +76,7 @@ class JobSettings(Section):
     max_attempts: int = Field(3, ge=1, description="attempts before a job ends in dead")
     backoff_base_s: float = Field(5.0, ge=0, description="first retry delay; doubles each attempt")
     backoff_max_s: float = Field(600.0, ge=0, description="longest retry delay")
+    overlap: bool = Field(False, description="local runner: claim and prepare the next batch and record the last one while the model runs (stages with phases: vl)")
 
 
 class ImageSettings(Section):
@@ -140,6 +141,8 @@ class EditSettings(Section):
     plus_model: str = Field("Qwen/Qwen-Image-Edit-2509", description="checkpoint of the multi-image editor")
     plus_steps: int = Field(40, ge=1, description="steps for the multi-image editor")
     plus_guidance_scale: float = Field(4.0, ge=0, description="true CFG scale for the multi-image editor")
+    plus_vae_image_area: int | None = Field(None, gt=0, description="pixels the multi-image editor resizes reference images to for its VAE (default: the pipeline's 1024*1024)")
+    plus_condition_image_area: int | None = Field(None, gt=0, description="pixels it resizes them to for its text encoder (default: the pipeline's 384*384)")
     kontext_model: str = Field("black-forest-labs/FLUX.1-Kontext-dev", description="checkpoint of the flux-kontext editor (hub id or local directory)")
     kontext_steps: int = Field(28, ge=1, description="denoising steps (flux-kontext)")
     kontext_guidance_scale: float = Field(2.5, ge=0, description="distilled guidance (flux-kontext)")
@@ -253,6 +256,10 @@ class TrainSettings(Section):
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
     seed: int = Field(0, ge=0, description="seed of LoRA initialisation, example order and noise")
     eval_seed: int = Field(1234, ge=0, description="flywheel: seed that picks the held-out item sets")
+    character_rank: int = Field(16, ge=1, description="LoRA rank of the FLUX transformer (train character)")
+    character_lr: float = Field(1e-4, gt=0, description="learning rate of character LoRAs")
+    character_steps: int = Field(500, ge=1, description="optimizer steps of one character train job")
+    character_resolution: int = Field(512, ge=16, description="training resolution of character LoRAs (square, multiple of 16)")
 
 
 class ScoreThresholds(Section):

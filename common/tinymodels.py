@@ -60,6 +60,8 @@ def tiny_run_settings() -> dict[str, str]:
         "SYNTHPIPE_EDIT__STEPS": "2",
         "SYNTHPIPE_EDIT__PLUS_STEPS": "2",
         "SYNTHPIPE_EDIT__MAX_SIDE": "64",
+        "SYNTHPIPE_EDIT__PLUS_VAE_IMAGE_AREA": str(128 * 128),
+        "SYNTHPIPE_EDIT__PLUS_CONDITION_IMAGE_AREA": str(112 * 112),
         "SYNTHPIPE_EDIT__KONTEXT_STEPS": "2",
         "SYNTHPIPE_EDIT__KONTEXT_MAX_SEQUENCE_LENGTH": "32",
         "SYNTHPIPE_GENERATE__STEPS": "2",

@@ -216,3 +216,35 @@ def build_qwen_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 15
         tokenizer.save_pretrained(str(out))
         logger.debug("saved tiny Qwen tokenizer (%d tokens) to %s", len(tokenizer), out)
     return tokenizer
+
+
+def write_clip_tokenizer_files(out_dir: str | Path, vocab_size: int = 700) -> Path:
+    """Write a small CLIP-style BPE tokenizer (``vocab.json`` + ``merges.txt``) into ``out_dir``.
+
+    Trained offline with the ``tokenizers`` BPE trainer on the built-in corpus, CLIP style:
+    byte-level symbols, ``</w>`` ending each word. Every byte symbol is in the vocabulary both
+    plain and word-final, so any text encodes without an unknown token. Ids:
+    ``<|startoftext|>`` 0, ``<|endoftext|>`` 1 (also padding and unknown).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator([line.lower() for line in _corpus()], trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    for symbol in sorted(alphabet):  # CLIP encodes a word's last byte as "<byte></w>"
+        for token in (symbol, symbol + "</w>"):
+            vocab.setdefault(token, len(vocab))
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out

@@ -77,7 +77,8 @@ def p2p(tiny_dirs: dict[str, Path]):  # -> InstructPix2PixBackend
 
 @pytest.fixture(scope="module")
 def plus(tiny_dirs: dict[str, Path]):  # -> QwenImageEditPlusBackend
-    backend = get_backend("qwen-image-edit-plus", model=str(tiny_dirs["plus"]), steps=2, max_side=128)
+    backend = get_backend("qwen-image-edit-plus", model=str(tiny_dirs["plus"]), steps=2, max_side=128,
+                          vae_image_area=128 * 128, condition_image_area=112 * 112)
     backend.load()
     yield backend
     backend.unload()
@@ -268,7 +269,7 @@ def test_plus_person_and_garments(plus) -> None:
     assert outs[1].image.size == (64, 96)
     # The garment image reaches the model: same person, prompt and seed, other garment.
     assert np.abs(_px(outs[0].image) - _px(outs[2].image)).max() > 0
-    assert plus.params()["vae_image_area"] == 128 * 128  # from the checkpoint's hints
+    assert plus.params()["vae_image_area"] == 128 * 128  # recorded with every edit
 
 
 def test_plus_seed_determinism(plus) -> None:
@@ -281,7 +282,8 @@ def test_plus_seed_determinism(plus) -> None:
 
 
 def test_plus_nan_output_is_error(tiny_dirs) -> None:
-    backend = get_backend("qwen-image-edit-plus", model=str(tiny_dirs["plus"]), steps=1, max_side=64)
+    backend = get_backend("qwen-image-edit-plus", model=str(tiny_dirs["plus"]), steps=1, max_side=64,
+                          vae_image_area=128 * 128, condition_image_area=112 * 112)
     backend.load()
     with torch.no_grad():
         backend.pipe.vae.decoder.conv_out.bias.fill_(float("nan"))

@@ -152,12 +152,24 @@ def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
     assert by_status == {"skipped": 2}
     with get_database().session() as s:
         failed = s.get(Job, first_id)
-        assert failed is not None and failed.error_type == "model_output"
+        assert failed is not None and failed.error_type == "model_output" and failed.reason == "vl.truncated"
         assert failed.result and len(failed.result["raw"]) > 0  # the raw output is kept
         for job in s.scalars(select(Job).where(Job.stage == "vl", Job.status == "skipped")):
-            assert job.result and job.result["reason"].startswith(("feasibility", "confidence"))
+            assert job.reason in ("vl.low_feasibility", "vl.low_confidence")
+            assert job.result and job.result["reason"] == job.reason and job.result["message"]
     assert counts(get_database())["edit"]["queued"] == 0
     assert len(_analyses()) == 2  # skipped analyses are kept for inspection
+    # the budget is fixed now: `jobs retry` puts the failed job back with fresh attempts, recorded
+    from common.cli import main
+    from common.models import JobEvent
+
+    assert main(["jobs", "retry", "--stage", "vl", "--status", "failed", "--reason", "vl.truncated"]) == 0
+    assert _run_vl() == {"skipped": 1}
+    with get_database().session() as s:
+        again = s.get(Job, first_id)
+        assert again is not None and again.status == "skipped" and again.attempts == 1
+        (event,) = s.scalars(select(JobEvent).where(JobEvent.job_id == first_id)).all()
+        assert (event.action, event.from_status, event.to_status) == ("retry", "failed", "queued")
 
 
 def test_a_misconfigured_runner_gives_the_jobs_back_uncharged(tiny: None, tmp_path: Path,

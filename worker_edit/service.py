@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from common.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
+from common.adapters import materialize, resolve_adapter
 from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis, Edit
-from common.resident import ResidentModels
+from common.resident import on_device
 from common.runner import StageContext
 from common.scorequeue import queue_score
 from common.settings import Settings
@@ -31,7 +32,6 @@ from worker_edit.backends.base import EditItem, EditOutput
 
 log = logging.getLogger(__name__)
 
-RESIDENT = ResidentModels("edit", exclusive=False)  # a try-on and an enrich editor may both be held
 
 
 def seed_for(key: str) -> int:
@@ -51,7 +51,8 @@ def backend_options(name: str, settings: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {"steps": e.steps, "guidance_scale": e.guidance_scale, "max_side": e.max_side,
                             "device": e.device, "dtype": e.dtype, "max_batch": e.batch_size}
     if name in MULTI_IMAGE_BACKENDS:
-        opts.update(model=e.plus_model, steps=e.plus_steps, guidance_scale=e.plus_guidance_scale)
+        opts.update(model=e.plus_model, steps=e.plus_steps, guidance_scale=e.plus_guidance_scale,
+                    vae_image_area=e.plus_vae_image_area, condition_image_area=e.plus_condition_image_area)
     elif name == "flux-kontext":
         opts.update(model=e.kontext_model, steps=e.kontext_steps, guidance_scale=e.kontext_guidance_scale,
                     true_cfg_scale=e.kontext_true_cfg_scale, max_sequence_length=e.kontext_max_sequence_length,
@@ -63,9 +64,12 @@ def backend_options(name: str, settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def resident_backend(name: str, settings: Settings):  # -> EditBackend
+def resident_backend(name: str, settings: Settings, adapter: str | None = None):  # -> EditBackend
     opts = backend_options(name, settings)
-    return RESIDENT.get((name, *sorted(opts.items())), lambda: get_backend(name, **opts),
+    if adapter is not None:  # a LoRA folder (named by its hash): part of the residency key
+        opts["adapter"] = adapter
+    manager = on_device(settings.edit.device, settings)
+    return manager.get((name, *sorted(opts.items())), lambda: get_backend(name, **opts),
                         label=f"{name} {opts['model']}")
 
 
@@ -76,21 +80,23 @@ class _Prepared:
     analysis_id: int
     backend: str
     item: EditItem
+    adapter_id: int | None = None
+    adapter_path: str | None = None
 
 
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
     """Edit each job's photo as its analysis says; one outcome per job, in order."""
     outcomes: dict[int, Outcome] = {}
-    groups: dict[str, list[_Prepared]] = {}
+    groups: dict[tuple[str, str | None], list[_Prepared]] = {}
     for job in jobs:
         try:
             p = _prepare(job, ctx)
-            groups.setdefault(p.backend, []).append(p)
+            groups.setdefault((p.backend, p.adapter_path), []).append(p)
         except Exception as exc:  # this job alone: input errors fail it, anything else is retried
             log.warning("%s job %s could not be prepared: %s", "edit", job.key, exc)
             outcomes[job.id] = Outcome.from_error(exc)
-    for name, prepared in groups.items():
-        backend = resident_backend(name, ctx.settings)
+    for (name, adapter), prepared in groups.items():
+        backend = resident_backend(name, ctx.settings, adapter)
         started = time.perf_counter()
         outputs = backend.run_batch([p.item for p in prepared])
         batch_s = time.perf_counter() - started
@@ -110,12 +116,17 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
             raise InputError(f"edit job {job.key}: analysis {analysis_id} does not exist")
         view = read_item_set(s, analysis.item_set_id)
         prompt, negative = analysis.edit_prompt, analysis.negative_prompt
-    name = backend_for(view.recipe, ctx.settings)
+        name = backend_for(view.recipe, ctx.settings)
+        # a job may name its adapter (the flywheel's rounds do); else the setting decides
+        adapter = resolve_adapter(s, "edit", str(job.payload.get("adapter") or ctx.settings.edit.adapter)) \
+            if name == "instruct-pix2pix" else None
     members = view.members if name in MULTI_IMAGE_BACKENDS else view.members[:1]
     images = load_member_images(ctx.storage, members, ctx.settings.images)
     item = EditItem(key=job.key, image=images[0], garments=images[1:], prompt=prompt,
-                    negative_prompt=negative or ctx.settings.edit.negative_prompt, seed=seed_for(job.key))
-    return _Prepared(job, view, int(analysis_id), name, item)
+                    negative_prompt=negative or ctx.settings.edit.negative_prompt,
+                    seed=int(job.payload.get("seed", seed_for(job.key))))
+    path = str(materialize(adapter, ctx.storage, ctx.settings.data_dir)) if adapter is not None else None
+    return _Prepared(job, view, int(analysis_id), name, item, adapter.id if adapter else None, path)
 
 
 def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageContext, *,
@@ -133,7 +144,7 @@ def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageCon
         edit = Edit(
             job_id=job.id, analysis_id=p.analysis_id, item_set_id=p.item_set.id, backend=p.backend,
             model_id=str(params.get("model", "")), params=params, seed=p.item.seed, output_uri=stored.uri,
-            output_sha256=stored.sha256, width=width, height=height, timings=timings,
+            output_sha256=stored.sha256, width=width, height=height, timings=timings, adapter_id=p.adapter_id,
         )
         session.add(edit)
         session.flush()

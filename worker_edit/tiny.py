@@ -11,90 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from common.tinytok import write_clip_tokenizer_files
+
 logger = logging.getLogger(__name__)
-
-#: File in a checkpoint with defaults the backends read for settings left unset.
-HINTS_FILE = "synthpipe.json"  # same name as worker_edit.backends.qwen_image_edit.HINTS_FILE
-
-_CLIP_CORPUS = (
-    "make it snowy turn the sky red put a hat on the person replace the jacket with a coat "
-    "make the shirt blue add sunglasses change the dress to green a photo of a woman wearing "
-    "a long grey wool coat the man wears a denim jacket and white shirt keep the face and pose"
-)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of GPT-2/CLIP byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def _learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
-    """Greedy BPE merges (CLIP style, ``</w>`` ends a word); deterministic tie-breaking."""
-    table = _bytes_to_unicode()
-    seqs: Counter[tuple[str, ...]] = Counter()
-    for word in words:
-        chars = [table[b] for b in word.encode("utf-8")]
-        seqs[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
-    merges: list[tuple[str, str]] = []
-    for _ in range(count):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for seq, n in seqs.items():
-            for pair in zip(seq, seq[1:], strict=False):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best, freq = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
-        if freq < 2:
-            break
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for seq, n in seqs.items():
-            out: list[str] = []
-            i = 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(seq[i] + seq[i + 1])
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            merged[tuple(out)] += n
-        seqs = merged
-    return merges
-
-
-def write_clip_tokenizer_files(out_dir: str | Path, merges_count: int = 64) -> Path:
-    """Write a small CLIP BPE tokenizer as ``vocab.json`` + ``merges.txt`` into ``out_dir``.
-
-    Ids: ``<|startoftext|>`` 0, ``<|endoftext|>`` 1 (also padding and unknown), then the 512
-    byte symbols (plain and word-final), then one token per merge.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in symbols + [s + "</w>" for s in symbols]:
-        vocab.setdefault(token, len(vocab))
-    merges = _learn_merges(_CLIP_CORPUS.split(), merges_count)
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
-
 
 def build_tiny_instruct_pix2pix(out_dir: str | Path) -> Path:
     """Write a tiny random InstructPix2Pix pipeline to ``out_dir``; return the directory.
@@ -196,8 +118,9 @@ def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
     ``common.tinytok``. The layout matches the released checkpoint: ``model_index.json``
     names ``transformers.Qwen2VLProcessor`` and ``processor/`` holds the image processor
     config plus the tokenizer, so ``QwenImageEditPlusBackend`` loads it like the real model.
-    ``synthpipe.json`` records small reference-image areas, which the backend uses unless
-    told otherwise (at the pipeline's native 1024x1024 the tiny VAE alone takes ~40 s on CPU).
+    Run it with small reference-image areas (``tiny_run_settings`` sets
+    ``edit.plus_vae_image_area``): at the pipeline's native 1024x1024 the tiny VAE alone takes
+    ~40 s on CPU.
     """
     import torch
     from diffusers import (
@@ -290,8 +213,6 @@ def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
     index = json.loads(index_path.read_text())
     index["processor"] = ["transformers", "Qwen2VLProcessor"]
     index_path.write_text(json.dumps(index, indent=2) + "\n")
-    hints = {"qwen-image-edit-plus": {"vae_image_area": 128 * 128, "condition_image_area": 112 * 112}}
-    (out / HINTS_FILE).write_text(json.dumps(hints, indent=2) + "\n")
     logger.info("tiny Qwen-Image-Edit Plus written to %s", out)
     return out
 
@@ -406,7 +327,6 @@ def build_tiny_flux(out_dir: str | Path) -> Path:
 
 
 __all__ = [
-    "HINTS_FILE",
     "build_tiny_instruct_pix2pix",
     "build_tiny_qwen_image_edit_plus",
     "write_clip_tokenizer_files",

@@ -245,8 +245,6 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
 
     def _queue(who: Principal, f: queries.QueueFilter, limit: int, offset: int) -> dict[str, Any]:
         with db.session() as s:
-            if db.dialect == "postgresql":  # count, page and progress from one snapshot
-                s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             ids, total = queries.queue_ids(s, f, who.reviewer_id, required=settings.required, limit=limit, offset=offset)
             items = queries.load_items(s, ids, who.reviewer_id, with_others=who.is_admin)
             return {"items": items, "total": total, "offset": offset, "limit": limit,

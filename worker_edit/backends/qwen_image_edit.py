@@ -46,7 +46,6 @@ SIDE_MULTIPLE = 16
 #: pass a single space).
 DEFAULT_NEGATIVE_PROMPT = " "
 SCHEDULERS = ("flow_match_euler",)
-HINTS_FILE = "synthpipe.json"
 
 # The pipeline reads these module globals on every call; overriding them is serialised.
 _AREA_LOCK = threading.Lock()
@@ -119,7 +118,8 @@ class QwenImageEditPlusBackend(PipelineBackend):
     ``guidance_scale`` is the pipeline's ``true_cfg_scale``. ``vae_image_area`` and
     ``condition_image_area`` override the area (in pixels) the pipeline resizes reference
     images to for the VAE (native 1024*1024) and for the text encoder (native 384*384);
-    ``None`` takes the checkpoint's ``synthpipe.json`` hint, else the native value.
+    ``None`` keeps the native value (settings ``edit.plus_vae_image_area`` /
+    ``edit.plus_condition_image_area``).
     ``max_batch`` is accepted for a uniform stage configuration and recorded, but diffusers
     0.42's pipeline takes one prompt per call, so items always run one call each.
     """
@@ -133,7 +133,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
         steps: int = 40,
         guidance_scale: float = 4.0,
         scheduler: str = "flow_match_euler",
-        max_side: int = 1024,
+        max_side: int = 512,
         device: str = "auto",
         dtype: str = "auto",
         max_garments: int = 2,
@@ -179,15 +179,6 @@ class QwenImageEditPlusBackend(PipelineBackend):
         except Exception as exc:
             raise model_load_error(self.model, exc, "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)") from exc
 
-    def _hints(self, root: Path) -> dict[str, Any]:
-        path = root / HINTS_FILE
-        if not path.is_file():
-            return {}
-        try:
-            return dict(json.loads(path.read_text()).get(self.name, {}))
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON of the expected shape: {exc}") from exc
-
     def load(self) -> None:
         """Load the pipeline once; later calls return at once."""
         with self._lock:
@@ -200,12 +191,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
             device = resolve_device(self.device)
             dtype = resolve_dtype(self.dtype, device)
             root = self._checkpoint_dir()
-            hints = self._hints(root)
-            self._areas = (
-                self.vae_image_area if self.vae_image_area is not None else hints.get("vae_image_area"),
-                self.condition_image_area if self.condition_image_area is not None
-                else hints.get("condition_image_area"),
-            )
+            self._areas = (self.vae_image_area, self.condition_image_area)
             tok_dir = root / "processor" if (root / "processor" / "tokenizer_config.json").exists() \
                 else root / "tokenizer"
             logger.info("loading Qwen-Image-Edit Plus %s on %s (%s)", self.model, device, dtype_name(dtype))
