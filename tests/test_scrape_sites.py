@@ -166,3 +166,11 @@ def test_sampling_is_reproducible_and_proportional() -> None:
         sd = (p * (1 - p) / n) ** 0.5
         assert abs(counts[name] / n - p) < 4 * sd, (name, counts[name] / n, p)
     assert sample_sites(site_file, 0, seed=1) == []
+
+
+def test_extra_hosts_are_host_or_host_port(tmp_path: Path) -> None:
+    good = parse_sites(GOOD.replace("max_depth: 3", 'max_depth: 3\n        hosts: ["CDN.shop-a.example", "127.0.0.2:8080"]'))
+    assert good.site("shop-a")[1].hosts == ["cdn.shop-a.example", "127.0.0.2:8080"]
+    for bad in ('"https://cdn.example/"', '"cdn.example/img"', '"cdn.example:99999"'):
+        err = _error(GOOD.replace("max_depth: 3", f"max_depth: 3\n        hosts: [{bad}]"), tmp_path)
+        assert "hosts" in str(err) and err.code == "sites.invalid"
