@@ -137,3 +137,39 @@ def test_crawl_then_run_stores_images_with_provenance_and_fills_the_vl_queue(sho
 
     rerun = json.loads(_cli("run", "--stage", "scrape", "--json").stdout)  # nothing queued: nothing done
     assert rerun["scrape"]["claimed"] == 0
+
+
+def test_run_crawls_several_sites_at_once_with_concurrency(tmp_path: Path) -> None:
+    """`run --concurrency 2` claims two crawl jobs and crawls their sites at the same time."""
+    from common.db import get_database
+
+    servers = [SiteServer(f"127.0.0.{11 + i}") for i in range(2)]
+    for n, srv in enumerate(servers):
+        srv.routes["/"] = page("".join(f'<a href="/p{i}">p</a>' for i in range(4)))
+        for i in range(4):
+            srv.routes[f"/p{i}"] = page(f'<img src="/img/{i}.jpg">')
+            srv.routes[f"/img/{i}.jpg"] = Response(200, _jpeg(samples.garment(10 * n + i, (96, 96))), "image/jpeg")
+    sites = tmp_path / "two.yaml"
+    sites.write_text("categories:\n  - name: shops\n    sites:\n" + "".join(f"""
+      - name: shop-{i}
+        start_urls: ["{srv.url('/')}"]
+        delay_s: 0.3
+        default_role: garment
+""" for i, srv in enumerate(servers)))
+    with servers[0], servers[1]:
+        assert _cli("crawl", "--sites", str(sites), "--batches", "6", "--seed", "1").returncode == 0
+        with get_database().session() as s:  # keep one job of each site: two jobs, two hosts
+            jobs = s.scalars(select(Job).where(Job.stage == "scrape").order_by(Job.id)).all()
+            keep = {j.payload["site"]["name"]: j.id for j in reversed(jobs)}
+            assert len(keep) == 2
+            for j in jobs:
+                if j.id not in keep.values():
+                    s.delete(j)
+            s.commit()
+        run = _cli("run", "--stage", "scrape", "--concurrency", "2", "--json")
+        assert run.returncode == 0, run.stderr
+        times = [srv.times() for srv in servers]
+    assert json.loads(run.stdout)["scrape"] == {"claimed": 2, "succeeded": 2}
+    assert times[0][0] < times[1][-1] and times[1][0] < times[0][-1], "the two sites were crawled one after the other"
+    for t in times:
+        assert len(t) >= 10 and min(b - a for a, b in zip(t, t[1:], strict=False)) >= 0.3 - 0.005
