@@ -84,6 +84,15 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
             released = jobstore.release(ctx.db, claimed, exc)
             log.error("%s: %s; %d job(s) back in the queue", stage, exc, len(released))
             raise
+        except ModuleNotFoundError as exc:  # an extra is not installed here: the runner's fault too
+            from common.extras import missing_extra
+
+            hint = missing_extra(exc)
+            if hint is None:
+                raise
+            released = jobstore.release(ctx.db, claimed, hint)
+            log.error("%s: %s; %d job(s) back in the queue", stage, hint, len(released))
+            raise hint from exc
         except Exception as exc:  # the batch as a whole broke: every job gets another attempt
             log.exception("%s batch of %d failed as a whole", stage, len(claimed))
             outcomes = [Outcome.from_error(exc) for _ in claimed]
@@ -109,6 +118,16 @@ def run_stage(
     """Process ``stage`` until nothing of it is queued (local mode)."""
     size = batch_size or batch_size_for(stage, ctx.settings)
     total = RunStats()
+    phases = stages.get(stage).phases_object() if ctx.settings.jobs.overlap else None
+    if phases is not None:  # claim and prepare batch k+1 and record k-1 while the model runs k
+        from common.overlap import run_overlapped
+
+        while max_jobs is None or total.claimed < max_jobs:
+            total.merge(run_overlapped(stage, phases, ctx, batch_size=size,
+                                       max_jobs=None if max_jobs is None else max_jobs - total.claimed))
+            if not (wait_for_backoff and _wait_for_backoff(ctx.db, stage)):
+                break
+        return total
     with bar(desc=stage, total=jobstore.pending(ctx.db, stage)) as pbar:
         while max_jobs is None or total.claimed < max_jobs:
             jobstore.requeue_expired(ctx.db, stage)

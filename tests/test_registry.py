@@ -159,3 +159,17 @@ def test_the_scrape_extra_installs_no_torch() -> None:
     names = {item["metadata"]["name"].lower() for item in json.loads(out.stdout)["install"]}
     assert "selenium" in names and "protego" in names  # the report is real
     assert not names & {"torch", "transformers", "diffusers", "celery", "bitsandbytes", "xgrammar"}, names
+
+
+def test_a_missing_extra_names_its_install_command(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['selenium'] = None; sys.modules['celery'] = None\n"
+            "from common.cli import main\n"
+            "from common.cli.base import context\n"
+            "from common import jobs\n"
+            "ctx = context()\n"
+            "with ctx.db.session() as s: jobs.enqueue(s, 'scrape', 'scrape:x', {})\n"
+            "codes = [main(['run', '--stage', 'scrape']), main(['worker', 'vl'])]\n"
+            "print(codes, jobs.counts(ctx.db)['scrape']['queued'])")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[2, 2] 1", out.stderr[-2000:]  # the job went back to the queue
+    assert "pip install 'synthpipe[scrape]'" in out.stderr and "pip install 'synthpipe[distributed]'" in out.stderr

@@ -86,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except SynthpipeError as exc:
         print(f"synthpipe {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed: say which
+        from common.extras import missing_extra
+
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"synthpipe {args.command}: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("synthpipe: interrupted", file=sys.stderr)
         return 130
