@@ -113,6 +113,20 @@ def test_crawl_delay_sitemaps_and_one_fetch_per_host(server: SiteServer) -> None
     assert server.paths().count("/robots.txt") == 2  # once per cache
 
 
+def test_a_cached_robots_txt_is_read_again_when_it_is_old(server: SiteServer) -> None:
+    import time
+
+    server.routes["/robots.txt"] = Response(200, b"User-agent: *\nDisallow: /a\n", "text/plain")
+    robots = RobotsCache("bot", max_age_s=0.3)
+    base = server.url("")
+    assert not robots.allowed(base + "/a") and robots.allowed(base + "/b")
+    server.routes["/robots.txt"] = Response(200, b"User-agent: *\nDisallow: /b\n", "text/plain")
+    assert not robots.allowed(base + "/a")  # still the cached rules
+    time.sleep(0.35)
+    assert robots.allowed(base + "/a") and not robots.allowed(base + "/b")
+    assert server.paths().count("/robots.txt") == 2
+
+
 IMAGE_SITEMAP = b"""<?xml version="1.0" encoding="UTF-8"?>
 <urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"
         xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">

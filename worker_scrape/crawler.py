@@ -30,7 +30,7 @@ from worker_scrape.crawlstate import (
     OffSiteRedirect,
     PageFailure,
 )
-from worker_scrape.errors import FetchError, PageError, RedirectBlockedByRobots
+from worker_scrape.errors import FetchError, HostUnreachable, PageError, RedirectBlockedByRobots
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import page_image_urls
 from worker_scrape.fetcher import Fetcher
@@ -360,9 +360,9 @@ class _SiteCrawl:
         if unreachable is None:
             self.report.robots_blocked.append(url)
         elif page_url is None:
-            self.report.pages_failed.append(PageFailure(url=url, code="host.unreachable", message=f"host unreachable: {unreachable}"))
+            self.report.pages_failed.append(PageFailure(url=url, code=HostUnreachable.default_code, message=f"host unreachable: {unreachable}"))
         else:
-            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, code="host.unreachable",
+            self.report.images_failed.append(ImageFailure(url=url, page_url=page_url, code=HostUnreachable.default_code,
                                                           message=f"host unreachable: {unreachable}"))
         return False
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,6 +43,7 @@ class RobotsEntry:
     parser: Protego | None = None
     allow_all: bool = False
     why: str = ""  # for "unreachable": "timeout", "connection refused", "HTTP 503", ...
+    fetched_at: float = field(default_factory=time.monotonic)
 
     def can_fetch(self, user_agent: str, url: str) -> bool:
         if self.parser is not None:
@@ -61,7 +63,9 @@ class RobotsEntry:
 
 
 class RobotsCache:
-    """Per-host robots.txt cache. Thread-safe; each host's file is requested at most once."""
+    """Per-host robots.txt cache. Thread-safe; each host's file is requested once, and again
+    when its entry is older than ``max_age_s`` (RFC 9309: at most 24 hours) or, for a host that
+    could not be reached, than ``retry_unreachable_s``: a long-lived worker sees rules change."""
 
     def __init__(
         self,
@@ -71,12 +75,16 @@ class RobotsCache:
         throttle: HostThrottle | None = None,
         timeout_s: float = 15.0,
         on_unreachable: Literal["deny", "allow"] = "deny",
+        max_age_s: float = 24 * 3600.0,
+        retry_unreachable_s: float = 600.0,
     ) -> None:
         self.user_agent = user_agent
         self.session = session or requests.Session()
         self.throttle = throttle or HostThrottle()
         self.timeout_s = timeout_s
         self.on_unreachable = on_unreachable
+        self.max_age_s = max_age_s
+        self.retry_unreachable_s = retry_unreachable_s
         self._entries: dict[str, RobotsEntry] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -91,16 +99,20 @@ class RobotsCache:
         key = f"{urlsplit(url).scheme.lower()}://{host_key(url)}"
         with self._lock:
             found = self._entries.get(key)
-            if found is not None:
+            if found is not None and self._fresh(found):
                 return found
             host_lock = self._host_locks.setdefault(key, threading.Lock())
         with host_lock:
             found = self._entries.get(key)
-            if found is None:
+            if found is None or not self._fresh(found):
                 found = self._fetch(url, delay_s)
                 with self._lock:
                     self._entries[key] = found
             return found
+
+    def _fresh(self, entry: RobotsEntry) -> bool:
+        age = time.monotonic() - entry.fetched_at
+        return age < (self.retry_unreachable_s if entry.status == "unreachable" else self.max_age_s)
 
     def allowed(self, url: str, delay_s: float = 0.0) -> bool:
         """True if the configured User-Agent may fetch ``url``."""
