@@ -163,7 +163,8 @@ def get_storage(url: str | None = None) -> Storage:
 
 def storage_options(url: str, settings: StorageSettings) -> dict[str, Any]:
     """fsspec options for ``url`` from the ``storage`` settings (s3:// only); a setting left
-    unset leaves botocore to its standard AWS variables and files."""
+    unset (or empty, as compose passes an unset variable) leaves botocore to its standard AWS
+    variables and files."""
     if url.split("://", 1)[0] not in S3_PROTOCOLS:
         return {}
     options: dict[str, Any] = {}
@@ -173,6 +174,7 @@ def storage_options(url: str, settings: StorageSettings) -> dict[str, Any]:
         options["client_kwargs"] = {"region_name": settings.s3_region}
     if settings.s3_access_key_id:
         options["key"] = settings.s3_access_key_id
-    if settings.s3_secret_access_key is not None:
-        options["secret"] = settings.s3_secret_access_key.get_secret_value()
+    secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else ""
+    if secret:
+        options["secret"] = secret
     return options

@@ -27,7 +27,7 @@ def test_compose_has_every_service_wired() -> None:
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         env = services[name]["environment"]
-        assert env["SYNTHPIPE_BROKER_URL"].startswith("redis://redis:")
+        assert env["SYNTHPIPE_BROKER_URL"].startswith("rediss://") and "@redis:" in env["SYNTHPIPE_BROKER_URL"]
         assert env["SYNTHPIPE_DATABASE_URL"].startswith("postgresql")
     for name in ("vl-worker", "edit-worker"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
