@@ -82,7 +82,7 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
                 raise RuntimeError(f"{stage} returned {len(outcomes)} outcomes for {len(claimed)} jobs")
         except ConfigError as exc:  # the runner is misconfigured, not the jobs: give them back
             released = jobstore.release(ctx.db, claimed, exc)
-            log.error("%s: %s; %d job(s) back in the queue", stage, exc, len(released))
+            log.debug("%s: %s; %d job(s) back in the queue", stage, exc, len(released))  # the caller reports it
             raise
         except ModuleNotFoundError as exc:  # an extra is not installed here: the runner's fault too
             from common.extras import missing_extra
@@ -91,7 +91,7 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
             if hint is None:
                 raise
             released = jobstore.release(ctx.db, claimed, hint)
-            log.error("%s: %s; %d job(s) back in the queue", stage, hint, len(released))
+            log.debug("%s: %s; %d job(s) back in the queue", stage, hint, len(released))
             raise hint from exc
         except Exception as exc:  # the batch as a whole broke: every job gets another attempt
             log.exception("%s batch of %d failed as a whole", stage, len(claimed))
