@@ -42,6 +42,8 @@ class Stage:
     #: position in ``run --stage all`` (lower runs first)
     order: int = 100
     help: str = ""
+    #: ``"module:attribute"`` of a ``common.overlap.Phases`` (prepare/run/finish) for overlapped batches
+    phases: str | None = None
 
     @property
     def queue(self) -> str:
@@ -49,6 +51,10 @@ class Stage:
 
     def batch_function(self) -> Callable[..., Any]:
         return _resolve(self.batch)
+
+    def phases_object(self) -> Any:
+        """The stage's :class:`common.overlap.Phases`, or None when it has none."""
+        return _resolve(self.phases) if self.phases else None
 
     def batch_size(self, settings: Settings) -> int:
         if self.batch_size_setting is None:
@@ -109,7 +115,7 @@ register(Stage("scrape", "worker_scrape.service:process_batch", "scrape.crawl", 
                help="crawl batches in headless Chromium, scrape.concurrency sites at once"))
 register(Stage("vl", "worker_vl.service:process_batch", "vl.analyze", "worker_vl.tasks",
                batch_size_setting="vl.batch_size", holds_model=True, order=20,
-               help="vision-language analyses of item sets"))
+               help="vision-language analyses of item sets", phases="worker_vl.service:PHASES"))
 register(Stage("edit", "worker_edit.service:process_batch", "edit.apply", "worker_edit.tasks",
                batch_size_setting="edit.batch_size", holds_model=True, order=30,
                help="diffusion edits of analysed item sets"))

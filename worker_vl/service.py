@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +21,7 @@ from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis
+from common.overlap import Phases
 from common.prompts import render_for
 from common.resident import on_device
 from common.runner import StageContext
@@ -68,28 +69,56 @@ class _Prepared:
     adapter_path: str | None = None
 
 
-def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
-    """Analyse each job's item set; one outcome per job, in order."""
-    settings = ctx.settings
+@dataclass
+class _Batch:
+    """One batch between its phases: what was prepared, then what the model said."""
+
+    jobs: list[ClaimedJob]
+    outcomes: dict[int, Outcome]
+    groups: dict[str | None, list[_Prepared]]
+    outputs: dict[str | None, tuple[list[VLOutput], float]] = field(default_factory=dict)
+
+
+def prepare_batch(jobs: list[ClaimedJob], ctx: StageContext) -> _Batch:
+    """Rows, images and prompts of each job (CPU work); a job that cannot be prepared fails alone."""
     outcomes: dict[int, Outcome] = {}
-    prepared: list[_Prepared] = []
+    groups: dict[str | None, list[_Prepared]] = {}
     for job in jobs:
         try:
-            prepared.append(_prepare(job, ctx))
+            p = _prepare(job, ctx)
+            groups.setdefault(p.adapter_path, []).append(p)
         except Exception as exc:  # this job alone: input errors fail it, anything else is retried
             log.warning("%s job %s could not be prepared: %s", "vl", job.key, exc)
             outcomes[job.id] = Outcome.from_error(exc)
-    groups: dict[str | None, list[_Prepared]] = {}
-    for p in prepared:
-        groups.setdefault(p.adapter_path, []).append(p)
-    for adapter, group in groups.items():
-        backend = resident_backend(settings, adapter)
+    return _Batch(jobs, outcomes, groups)
+
+
+def run_prepared(batch: _Batch, ctx: StageContext) -> _Batch:
+    """One constrained ``generate`` per adapter group: the model's part of the batch."""
+    for adapter, group in batch.groups.items():
+        backend = resident_backend(ctx.settings, adapter)
         started = time.perf_counter()
         outputs = backend.run_batch([p.item for p in group])
-        batch_s = time.perf_counter() - started
+        batch.outputs[adapter] = (outputs, time.perf_counter() - started)
+    return batch
+
+
+def finish_batch(batch: _Batch, ctx: StageContext) -> list[Outcome]:
+    """Parse, gate and prepare the rows of every output; one outcome per job, in order."""
+    for adapter, group in batch.groups.items():
+        outputs, batch_s = batch.outputs[adapter]
         for p, out in zip(group, outputs, strict=True):
-            outcomes[p.job.id] = _finish(p, out, settings, batch_s=batch_s, batch_size=len(group))
-    return [outcomes[j.id] for j in jobs]
+            batch.outcomes[p.job.id] = _finish(p, out, ctx.settings, batch_s=batch_s, batch_size=len(group))
+    return [batch.outcomes[j.id] for j in batch.jobs]
+
+
+#: the stage cut where the model call begins and ends (``common.overlap``)
+PHASES = Phases(prepare_batch, run_prepared, finish_batch)
+
+
+def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
+    """Analyse each job's item set; one outcome per job, in order."""
+    return PHASES.whole(jobs, ctx)
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:

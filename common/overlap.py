@@ -1,0 +1,205 @@
+"""Overlapped batches: while the model runs batch k, batch k+1 is claimed and prepared and batch
+k-1 is finished and recorded, so the device waits as little as possible on CPU work.
+
+A stage opts in by naming a :class:`Phases` object in its registry entry (``Stage.phases``):
+``prepare(jobs, ctx)`` does the CPU work before the model (reading rows, loading and decoding
+images, building prompts), ``run(prepared, ctx)`` is the model call, ``finish(ran, ctx)`` turns
+its outputs into one :class:`~common.jobs.Outcome` per job (encoding images, storage writes).
+The same stage's ``process_batch`` is ``finish(run(prepare(jobs)))``, so both paths give the
+same outcomes. Three threads; at most three batches are held at once (one being prepared or
+waiting for the model, one on the model, one being recorded), each under its own lease
+heartbeat from claim to record. The model runs in the calling thread, where it was loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from common import jobs as jobstore
+from common import metrics
+from common.errors import ConfigError
+from common.jobs import ClaimedJob, Outcome
+
+if TYPE_CHECKING:
+    from common.runner import RunStats, StageContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phases:
+    """A stage's batch function cut where the model call begins and ends."""
+
+    prepare: Callable[[list[ClaimedJob], Any], Any]
+    run: Callable[[Any, Any], Any]
+    finish: Callable[[Any, Any], list[Outcome]]
+
+    def whole(self, jobs: list[ClaimedJob], ctx: Any) -> list[Outcome]:
+        """The phases one after another: the stage's plain ``process_batch``."""
+        return self.finish(self.run(self.prepare(jobs, ctx), ctx), ctx)
+
+
+@dataclass
+class _Batch:
+    claimed: list[ClaimedJob]
+    heartbeat: Any
+    started: float
+    state: Any = None
+    outcomes: list[Outcome] | None = None  # set when a phase failed as a whole
+    model_s: float = 0.0
+
+
+@dataclass
+class OverlapStats:
+    """Where the time went: the model thread's busy seconds over the wall time."""
+
+    wall_s: float = 0.0
+    model_s: float = 0.0
+    batches: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_busy_share(self) -> float:
+        return self.model_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+_DONE = object()
+
+
+def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size: int,
+                   max_jobs: int | None = None, timing: OverlapStats | None = None) -> RunStats:
+    """Process ``stage`` until nothing of it is claimable, three batches in flight at most."""
+    from common.runner import RunStats, _Heartbeat
+
+    total = RunStats()
+    timing = timing if timing is not None else OverlapStats()
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)  # prepared, waiting for the model
+    ran: queue.Queue[Any] = queue.Queue(maxsize=1)  # run, waiting to be finished and recorded
+    stop = threading.Event()
+    in_flight = threading.Semaphore(3)  # one being prepared or waiting, one on the model, one recording
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def fail_whole(batch: _Batch, exc: Exception, phase: str) -> None:
+        log.exception("%s batch of %d failed as a whole in %s", stage, len(batch.claimed), phase)
+        batch.outcomes = [Outcome.from_error(exc) for _ in batch.claimed]
+
+    def give_back(batch: _Batch, exc: ConfigError) -> None:
+        released = jobstore.release(ctx.db, batch.claimed, exc)
+        log.error("%s: %s; %d job(s) back in the queue", stage, exc, len(released))
+        batch.heartbeat.__exit__(None, None, None)
+        errors.append(exc)
+        stop.set()
+
+    def producer() -> None:
+        claimed_so_far = 0
+        try:
+            while not stop.is_set() and (max_jobs is None or claimed_so_far < max_jobs):
+                in_flight.acquire()
+                jobstore.requeue_expired(ctx.db, stage)
+                n = batch_size if max_jobs is None else min(batch_size, max_jobs - claimed_so_far)
+                claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker) if not stop.is_set() else []
+                if not claimed:
+                    in_flight.release()
+                    break
+                claimed_so_far += len(claimed)
+                batch = _Batch(claimed, _Heartbeat(ctx.db, claimed, ctx.settings.jobs.lease_s).__enter__(),
+                               time.perf_counter())
+                try:
+                    batch.state = phases.prepare(list(claimed), ctx)
+                except ConfigError as exc:
+                    give_back(batch, exc)
+                    in_flight.release()
+                    return
+                except Exception as exc:
+                    fail_whole(batch, exc, "prepare")
+                ready.put(batch)
+        except BaseException as exc:  # the store broke: stop the pipeline, say why
+            errors.append(exc)
+            stop.set()
+        finally:
+            ready.put(_DONE)
+
+    def recorder() -> None:
+        while True:
+            batch = ran.get()
+            if batch is _DONE:
+                return
+            try:
+                outcomes = batch.outcomes
+                if outcomes is None:
+                    try:
+                        outcomes = phases.finish(batch.state, ctx)
+                        if len(outcomes) != len(batch.claimed):
+                            raise RuntimeError(f"{stage} returned {len(outcomes)} outcomes for "
+                                               f"{len(batch.claimed)} jobs")
+                    except Exception as exc:
+                        fail_whole(batch, exc, "finish")
+                        outcomes = batch.outcomes
+                assert outcomes is not None
+                stats = RunStats(claimed=len(batch.claimed))
+                for job, outcome in zip(batch.claimed, outcomes, strict=True):
+                    try:
+                        stats.add(metrics.job_recorded(stage, jobstore.record(ctx.db, job, outcome), outcome))
+                    except Exception as exc:  # e.g. the output writer broke: record that instead
+                        log.exception("recording job %s failed", job.id)
+                        broken = Outcome.from_error(exc)
+                        stats.add(metrics.job_recorded(stage, jobstore.record(ctx.db, job, broken), broken))
+                metrics.batch_done(stage, len(batch.claimed), outcomes, time.perf_counter() - batch.started)
+                with lock:
+                    total.merge(stats)
+                    timing.batches += 1
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+            finally:
+                batch.heartbeat.__exit__(None, None, None)
+                in_flight.release()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=producer, name=f"{stage}-prepare", daemon=True),
+               threading.Thread(target=recorder, name=f"{stage}-record", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while True:  # the model thread: this one, where the backend was loaded
+            batch = ready.get()
+            if batch is _DONE:
+                break
+            if stop.is_set() and errors and isinstance(errors[0], ConfigError):
+                jobstore.release(ctx.db, batch.claimed, errors[0])  # misconfigured: not run, back in the queue
+                batch.heartbeat.__exit__(None, None, None)
+                in_flight.release()
+                continue
+            if batch.outcomes is None:
+                t0 = time.perf_counter()
+                try:
+                    batch.state = phases.run(batch.state, ctx)
+                except ConfigError as exc:
+                    give_back(batch, exc)
+                    in_flight.release()
+                    continue
+                except Exception as exc:
+                    fail_whole(batch, exc, "run")
+                timing.model_s += time.perf_counter() - t0
+            ran.put(batch)
+    except BaseException:  # interrupted on the model: let the producer stop, hand nothing more over
+        stop.set()
+        while (left := ready.get()) is not _DONE:
+            left.heartbeat.__exit__(None, None, None)  # its leases expire and the jobs come back
+            in_flight.release()
+        raise
+    finally:
+        ran.put(_DONE)
+        for t in threads:
+            t.join()
+        timing.wall_s += time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return total
