@@ -173,6 +173,22 @@ def test_requests_to_other_hosts_are_blocked_inside_the_browser() -> None:
     assert len(registry.calls) == 1
 
 
+def test_a_page_reaches_its_host_only_during_its_own_render() -> None:
+    """Between two renders (outside the politeness slot) a page's timers cannot reach its host."""
+    from worker_scrape.browser import Browser
+    from worker_scrape.urls import is_same_site, site_hosts
+
+    with SiteServer("127.0.0.13") as shop:
+        shop.routes["/"] = page("<script>fetch('/during'); setTimeout(() => fetch('/after'), 400);</script>")
+        shop.routes["/during"] = shop.routes["/after"] = Response(200, b"{}", "application/json")
+        hosts = site_hosts([shop.url("/")])
+        with Browser(ScrapeSettings(user_agent=UA, settle_s=0.1, scroll_steps=0)) as browser:
+            rendered = browser.render(shop.url("/"), allow=lambda u: is_same_site(u, hosts))
+            time.sleep(0.8)
+            assert rendered.blocked == []
+        assert "/during" in shop.paths() and "/after" not in shop.paths()
+
+
 def _cli(*args: str, **env: str) -> subprocess.Popen[str]:
     full = {**os.environ, "SE_OFFLINE": "true", **env}
     return subprocess.Popen([sys.executable, "-m", "common.cli", *args], stdout=subprocess.PIPE,

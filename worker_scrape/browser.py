@@ -246,6 +246,14 @@ def check_browser_paths(config: ScrapeSettings) -> None:
                 f"scrape.{key}: no executable at {path} (set SYNTHPIPE_SCRAPE__{key.upper()}; {INSTALL_HINT})")
 
 
+def _allow_all(_url: str) -> bool:
+    return True
+
+
+def _block_all(_url: str) -> bool:
+    return False
+
+
 class Browser:
     """A lazily started, restartable headless Chromium.
 
@@ -387,13 +395,8 @@ class Browser:
         for attempt in (1, 2):
             if self._driver is None:
                 self.start()
-            assert self._guard is not None
-            self._guard.allow(allow or (lambda _url: True))
-            self._guard.take_blocked()
             try:
-                page = self._render_once(url, before_load)
-                page.blocked = self._guard.take_blocked()
-                return page
+                return self._render_once(url, before_load, allow or _allow_all)
             except TimeoutException:
                 with contextlib.suppress(*DEAD_ERRORS):
                     self.driver.execute_script("window.stop();")
@@ -414,11 +417,25 @@ class Browser:
                 self.restart(f"died on {url}: {reason}")
         raise AssertionError("unreachable")
 
-    def _render_once(self, url: str, before_load: Any) -> RenderedPage:
+    def _render_once(self, url: str, before_load: Any, allow: Callable[[str], bool]) -> RenderedPage:
         if before_load is None:
-            return self._load_and_read(url)
+            return self._guarded(url, allow)
         with before_load():
-            return self._load_and_read(url)
+            return self._guarded(url, allow)
+
+    def _guarded(self, url: str, allow: Callable[[str], bool]) -> RenderedPage:
+        """Render with ``allow`` deciding what may leave the browser. Outside a render (the
+        politeness slot) nothing may: a page's timers cannot reach its host between slots."""
+        guard = self._guard
+        assert guard is not None
+        guard.take_blocked()  # what the last page tried after its slot: stopped, not counted
+        guard.allow(allow)
+        try:
+            page = self._load_and_read(url)
+            page.blocked = guard.take_blocked()
+            return page
+        finally:
+            guard.allow(_block_all)
 
     def _load_and_read(self, url: str) -> RenderedPage:
         driver = self.driver

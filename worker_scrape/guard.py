@@ -37,7 +37,7 @@ class HostGuard:
         )
         self._ws.settimeout(None)
         self._lock = threading.Lock()
-        self._allow: Callable[[str], bool] = lambda url: True
+        self._allow: Callable[[str], bool] = lambda url: False  # nothing leaves until a render says so
         self._blocked: list[BlockedRequest] = []
         self._next_id = 0
         self._send("Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]})
