@@ -30,7 +30,13 @@ from worker_scrape.crawlstate import (
     OffSiteRedirect,
     PageFailure,
 )
-from worker_scrape.errors import FetchError, HostUnreachable, PageError, RedirectBlockedByRobots
+from worker_scrape.errors import (
+    BrowserError,
+    FetchError,
+    HostUnreachable,
+    PageError,
+    RedirectBlockedByRobots,
+)
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import page_image_urls
 from worker_scrape.fetcher import Fetcher
@@ -152,6 +158,12 @@ class Crawler:
         with self._browsers_lock:
             self._idle_browsers.insert(0, browser)
 
+    def _drop_browser(self, browser: Browser) -> None:
+        browser.close()
+        with self._browsers_lock:
+            if browser in self._all_browsers:
+                self._all_browsers.remove(browser)
+
     def close(self) -> None:
         self._downloads.shutdown(wait=True, cancel_futures=True)
         for b in self._all_browsers:
@@ -202,9 +214,15 @@ class Crawler:
         """
         browser = self._take_browser()
         try:
-            return _SiteCrawl(self, browser, site, category, max_pages, on_image, state, on_checkpoint).run()
-        finally:
+            report = _SiteCrawl(self, browser, site, category, max_pages, on_image, state, on_checkpoint).run()
+        except BrowserError:  # it kept dying: drop it; the next crawl starts a fresh one
+            self._drop_browser(browser)
+            raise
+        except BaseException:
             self._give_browser(browser)
+            raise
+        self._give_browser(browser)
+        return report
 
     def delay_for(self, url: str, site: Site) -> float:
         """The politeness delay for ``url``: the larger of the site's and robots.txt's Crawl-delay."""

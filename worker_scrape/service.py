@@ -12,6 +12,7 @@ import atexit
 import datetime as dt
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,21 +65,29 @@ def queue_crawl(session: Session, sites_file: Path, *, batches: int, seed: int,
 
 
 class _ResidentCrawler:
-    """One crawler (browsers, robots cache, throttle) per worker process, reused across batches."""
+    """One crawler (browsers, robots cache, throttle) per worker process, reused across batches
+    and shared by the threads of a ``--pool threads`` worker, so per-host politeness holds across
+    them all. Thread-safe."""
 
     def __init__(self) -> None:
         self.crawler: Any = None
         self.config: ScrapeSettings | None = None
+        self._lock = threading.Lock()
 
     def get(self, config: ScrapeSettings) -> Any:
         from worker_scrape.crawler import Crawler
 
-        if self.crawler is None or config != self.config:
-            self.close()
-            self.crawler, self.config = Crawler(config.model_copy()), config.model_copy()
-        return self.crawler
+        with self._lock:
+            if self.crawler is None or config != self.config:
+                self._close_locked()
+                self.crawler, self.config = Crawler(config.model_copy()), config.model_copy()
+            return self.crawler
 
     def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self.crawler is not None:
             self.crawler.close()
             self.crawler = None
@@ -138,14 +147,9 @@ class _JobRun:
                       .values(result={CHECKPOINT_KEY: state.model_dump(mode="json")}))
 
     def outcome(self, result: Any) -> Outcome:
-        from worker_scrape.errors import BrowserError
-
         if isinstance(result, ConfigError):
             raise result
-        if isinstance(result, BrowserError):
-            RESIDENT.close()
-            return Outcome.from_error(result)
-        if isinstance(result, BaseException):
+        if isinstance(result, BaseException):  # a BrowserError's browser is already dropped
             return Outcome.from_error(result)
         summary = result.summary()
         return Outcome.ok({"site": self.site.name, "category": self.category,
