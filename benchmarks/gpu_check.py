@@ -194,7 +194,7 @@ def _pinning(device: str) -> dict[str, Any]:
     import torch
 
     count = torch.cuda.device_count()
-    probe = ("import json, torch; from common.metrics import GpuCollector; "
+    probe = ("import json, torch; from common.gpumetrics import GpuCollector; "
              "print(json.dumps([torch.cuda.device_count(), torch.cuda.get_device_name(0) if torch.cuda.device_count() "
              "else None, [c['gpu'] for c in GpuCollector().cards()]]))")
     seen = {}

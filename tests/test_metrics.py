@@ -166,6 +166,8 @@ def test_prefork_worker_metrics_add_up_across_children_and_match_the_store(
     monkeypatch.setenv("SYNTHPIPE_DATABASE_URL", pg_url)
     monkeypatch.setenv("SYNTHPIPE_BROKER_URL", redis.url)
     monkeypatch.setenv("SYNTHPIPE_CELERY__SWEEP_INTERVAL_S", "1")
+    monkeypatch.setenv("SYNTHPIPE_METRICS__MULTIPROC_DIR", str(tmp_path / "multiproc"))
+    (tmp_path / "multiproc").mkdir()
     reset_settings()
     Database(pg_url).upgrade()
     db = get_database(pg_url)
@@ -232,6 +234,9 @@ def test_prefork_worker_metrics_add_up_across_children_and_match_the_store(
         os.kill(children[0], signal.SIGKILL)
         _wait(lambda: len(set(_children(worker.pid)) - set(children)) == 1 and len(_children(worker.pid)) == 2,
               60, "the pool to replace the killed child")
+        (new,) = set(_children(worker.pid)) - set(children)
+        _wait(lambda: any((tmp_path / "multiproc").glob(f"*/gauge_livesum_{new}.db")), 60,
+              "the new child to count itself")
         again = _scrape(worker_port)
         assert again[("synthpipe_worker_processes", (("stage", "toy"),))] == 2
         assert _select(again, "synthpipe_jobs_finished_total", stage="toy") == _select(
@@ -317,3 +322,51 @@ def test_status_watch_stops_on_ctrl_c_leaving_the_last_frame(toy_plugin: Path, d
     toy = next((line for line in last if line.startswith("toy ")), f"no toy row in {last}")
     assert toy.split()[1] == str(len(PLAN)), last  # every toy job queued
     assert "Traceback" not in err
+
+
+class _Cards:
+    """Stands in for NVML's device list (the thing under test is which cards a pin leaves)."""
+
+    def __init__(self, uuids: list[str]) -> None:
+        self.uuids = uuids
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - NVML's names
+        return len(self.uuids)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:  # noqa: N802
+        return self.uuids[handle]
+
+
+@pytest.mark.parametrize(("pin", "cards"), [(None, [0, 1, 2]), ("1", [1]), ("2,0", [2, 0]), ("", []),
+                                            ("GPU-bbb", [1]), ("0,x,2", [0]), ("7", [])])
+def test_gpu_metrics_report_the_cards_a_pin_leaves(pin: str | None, cards: list[int],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.gpumetrics import _visible
+
+    if pin is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", pin)
+    assert _visible(_Cards(["GPU-aaa", "GPU-bbb", "GPU-ccc"])) == cards
+
+
+def test_gpu_metrics_without_a_card_are_absent_not_an_error() -> None:
+    from common.gpumetrics import GpuCollector
+
+    collector = GpuCollector()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        has_card = pynvml.nvmlDeviceGetCount() > 0
+    except Exception:
+        has_card = False
+    families = list(collector.collect())
+    if has_card:
+        assert {f.name for f in families} == {"synthpipe_gpu_memory_used_bytes", "synthpipe_gpu_memory_total_bytes",
+                                              "synthpipe_gpu_utilization_ratio"}
+    else:
+        assert families == [] and collector.cards() == []
