@@ -23,7 +23,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session
 from common import jobs as jobstore
 from common.adapters import AdapterRef, materialize
 from common.assets import Provenance, find_near_duplicate, register_image_bytes
+from common.characters import resolve_character, resolve_character_adapter
 from common.errors import InputError, TransientError
 from common.images import load_image
 from common.jobs import ClaimedJob, Outcome
@@ -51,52 +51,7 @@ BACKEND = "flux"
 ADAPTER_TARGET = "character"
 
 
-# --- which character, which adapter -------------------------------------------------------------
-
-
-def resolve_character(session: Session, ref: str) -> Asset:
-    """The stored character photo ``ref`` names: an asset id, a sha256, or a source path."""
-    ref = ref.strip()
-    asset: Asset | None = None
-    if ref.isdigit():
-        asset = session.get(Asset, int(ref))
-    elif len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()):
-        asset = session.scalars(select(Asset).where(Asset.sha256 == ref.lower())).first()
-    else:
-        paths = {ref, str(Path(ref).expanduser().resolve())}
-        asset = session.scalars(select(Asset).where(Asset.source_path.in_(paths)).order_by(Asset.id)).first()
-    if asset is None:
-        raise InputError(f"no stored photo is {ref!r} (give an asset id, a sha256 or the path it was ingested from)",
-                         code="generate.unknown_character")
-    if asset.role != "character":
-        raise InputError(f"asset {asset.id} is a {asset.role} photo, not a character photo "
-                         "(ingest it with --role character)", code="generate.not_a_character")
-    return asset
-
-
-def character_adapters(session: Session, asset_id: int) -> list[Adapter]:
-    """Character adapters trained for ``asset_id``, newest first."""
-    rows = session.scalars(select(Adapter).where(Adapter.target == ADAPTER_TARGET).order_by(Adapter.id.desc()))
-    return [a for a in rows if int((a.hyperparameters or {}).get("character_asset_id", -1)) == asset_id]
-
-
-def resolve_character_adapter(session: Session, asset_id: int, choice: str) -> Adapter | None:
-    """The adapter ``choice`` (an id, ``latest`` or ``none``) names for the character; ``latest``
-    is None when the character has none yet. A wrong id is an input error."""
-    if choice == "none":
-        return None
-    if choice == "latest":
-        found = character_adapters(session, asset_id)
-        return found[0] if found else None
-    if not choice.isdigit():
-        raise InputError(f"--adapter must be an adapter id, latest or none (got {choice!r})")
-    row = session.get(Adapter, int(choice))
-    if row is None:
-        raise InputError(f"adapter {choice} does not exist (see synthpipe adapters list)", code="generate.unknown_adapter")
-    if row.target != ADAPTER_TARGET:
-        raise InputError(f"adapter {choice} was trained for {row.target}, not for a character",
-                         code="generate.wrong_adapter")
-    return row
+# --- the generate item set ---------------------------------------------------------------------
 
 
 def _ref(row: Adapter) -> AdapterRef:

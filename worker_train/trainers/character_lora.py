@@ -70,7 +70,7 @@ def character_edit_ids(session: Session, asset_id: int) -> list[int]:
 
     sets = set(session.scalars(select(ItemSetAsset.item_set_id)
                                .where(ItemSetAsset.asset_id == asset_id, ItemSetAsset.position == 0)))
-    item_set_of = dict(session.execute(select(Edit.id, Edit.item_set_id)).tuples().all())
+    item_set_of = {int(eid): int(sid) for eid, sid in session.execute(select(Edit.id, Edit.item_set_id))}
     return [eid for eid, _ in accepted_edits(session) if item_set_of.get(eid) in sets]
 
 
@@ -86,7 +86,7 @@ def freeze_character(session: Session, asset_id: int) -> Snapshot:
     generated = set(session.scalars(select(Edit.id).where(Edit.id.in_(ids), Edit.origin == "generated")))
     row = Snapshot(sha256=sha, target=TARGET, edit_ids=ids, size=len(ids),
                    selection={"decisions": "final", "character_asset_id": asset_id,
-                              "generated": len(generated), "edits": len(ids) - len(generated)})
+                              "generated": len(generated), "enriched_or_imported": len(ids) - len(generated)})
     session.add(row)
     session.flush()
     return row
