@@ -153,6 +153,8 @@ def write_contact_sheet(storage: Storage, path: Path, rows: list[dict[str, Any]]
                         thresholds: dict[str, list[tuple[str, float]]] | None = None) -> Path:
     metrics = metrics or []
     thresholds = thresholds or {}
+    # a thumbnail needs no minimum side (small edits are shown, not trained on); every other check stays
+    limits = limits.model_copy(update={"min_side": 1})
     ordered = sorted(rows, key=lambda r: (DECISION_ORDER.get(r.get("decision") or "", 3), r.get("edit_id", 0)))
     cards = [_card(storage, row, metrics, limits) for row in ordered[:MAX_ROWS]]
     hists = [f'<div class="hist">{histogram_svg(m, rows, thresholds.get(m, []))}</div>' for m in metrics]

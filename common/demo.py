@@ -33,6 +33,8 @@ def run_demo(folder: Path, *, persons: int = 4, garments: int = 6, characters: i
         "SYNTHPIPE_STORAGE_URL": (data / "objects").as_uri(),
         "SYNTHPIPE_BROKER_URL": "",
         **settings_for(models),
+        # edits at least images.min_side (64) on their short side, so the score stage takes them
+        "SYNTHPIPE_EDIT__MAX_SIDE": "96",
     }
     os.environ.update(env)
     reset_settings()
@@ -68,18 +70,23 @@ def decision_notes(db: Any) -> list[str]:
     from sqlalchemy import func, select
 
     from common import stages
-    from common.models import Decision, Edit
+    from common.models import Decision, Edit, Job
 
     if "score" not in stages.names():
         return ["edits are not scored: the score stage is not installed; the dataset holds every edit"]
     with db.session() as s:
         total = s.scalar(select(func.count()).select_from(Edit)) or 0
         decided = s.execute(select(Decision.decision, Decision.reasons)).all()
+        failed = s.execute(select(Job.reason, func.count()).where(Job.stage == "score", Job.status.in_(
+            ("failed", "dead"))).group_by(Job.reason)).all()
     accepted = sum(1 for d, _ in decided if d == "accepted")
     reasons = Counter(str(code) for d, codes in decided if d != "accepted" for code in (codes or []))
     lines = [f"scored {len(decided)} of {total} edits: {accepted} accepted, {len(decided) - accepted} rejected"]
     if reasons:
         lines.append("rejected for: " + ", ".join(f"{code} {n}" for code, n in reasons.most_common()))
+    if failed:
+        lines.append("score jobs failed: " + ", ".join(f"{code or 'unknown'} {n}" for code, n in sorted(
+            failed, key=lambda kv: (-kv[1], str(kv[0])))) + " (`synthpipe jobs list --stage score --status failed` lists them)")
     lines += [
         "the demo's models have tiny random weights: its edits are noise-like and its CLIP, DINOv2 and judge",
         "scores are random, so nearly every edit fails a threshold; real checkpoints (settings *_model) give",

@@ -336,3 +336,89 @@ def test_own_export_reimports_into_a_fresh_store(db: Any, tmp_path: Path, capsys
             jacket = next(e for e in edits if e.edit_prompt == "make the jacket red")
             assert [m.role for m in s.get(ItemSet, jacket.item_set_id).members] == ["person", "garment"]
             assert jacket.provenance["source"]["origin"] == "imported"  # the exported row's columns
+
+
+def test_contact_sheet_cards_hold_long_prompts_in_chromium(db: Any, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A 3000-character prompt with no break must wrap inside its card, measured in a real browser."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    ids = _imported(db, tmp_path, capsys)
+    _decide(db, ids[2], GOOD)  # the long-prompt edit
+    _decide(db, ids[1], LOST)
+    assert _cli(capsys, "export", str(tmp_path / "out"), "--decision", "all")[0] == 0
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get((tmp_path / "out" / "contact_sheet.html").as_uri())
+        cards = driver.execute_script(
+            "return [...document.querySelectorAll('.card')].map(c => ({cls: c.className, "
+            "scroll: c.scrollWidth, client: c.clientWidth, right: c.getBoundingClientRect().right, "
+            "text: c.querySelector('.prompt').textContent.length}))")
+        page = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    finally:
+        driver.quit()
+    assert [c["cls"] for c in cards] == ["card accepted", "card rejected", "card ", "card "]
+    assert cards[0]["text"] == 3000  # the long prompt, shown first: its edit is the accepted one
+    assert all(c["scroll"] <= c["client"] for c in cards), cards
+    assert page[0] <= page[1]  # nothing sticks out of the page either
+
+
+def _real_photo_pairs(root: Path) -> Path:
+    """Real face photos (public domain, shipped in scikit-image and matplotlib): the astronaut
+    against herself relit, against Grace Hopper, and against noise; 256 px keeps dlib quick."""
+    import matplotlib.cbook
+    from PIL import ImageEnhance
+    from skimage import data
+
+    astronaut = Image.fromarray(data.astronaut()).resize((256, 256))
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+        hopper = Image.open(fh).convert("RGB").resize((256, 300))
+    relit = ImageEnhance.Brightness(astronaut).enhance(0.6)
+
+    def png(im: Image.Image) -> bytes:
+        return _png(np.asarray(im))
+
+    return _imagefolder(root, [
+        {"input": png(astronaut), "edited": png(relit), "prompt": "relight her as at dusk"},
+        {"input": png(astronaut), "edited": png(hopper), "prompt": "give her a naval uniform"},
+        {"input": png(astronaut), "edited": _noise(7, side=256), "prompt": "paint it abstract"},
+    ])
+
+
+def test_real_photos_import_score_export_give_the_right_decisions(
+        db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`synthpipe import` -> `run --stage score` -> `export`, with the real dlib face weights."""
+    import datasets
+
+    from common.settings import reset_settings
+
+    monkeypatch.setenv("SYNTHPIPE_SCORE__SCORERS", "change,identity")
+    reset_settings()
+    folder = _real_photo_pairs(tmp_path / "pairs")
+    code, got, err = _cli(capsys, "import", str(folder), "--json")
+    assert code == 0 and got["imported"] == 3 and got["score_jobs"] == 3, err
+    code, out, err = _cli(capsys, "run", "--stage", "score")
+    assert code == 0, err
+    code, got, err = _cli(capsys, "export", str(tmp_path / "all"), "--decision", "all", "--json")
+    assert code == 0, err
+    rows = {r["edit_prompt"]: r for r in datasets.load_dataset(str(tmp_path / "all"), split="train")}
+    relit, other, noise = (rows[p] for p in ("relight her as at dusk", "give her a naval uniform",
+                                             "paint it abstract"))
+    assert (relit["decision"], relit["reasons"]) == ("accepted", [])
+    assert relit["identity_distance"] < 0.6 < other["identity_distance"]
+    assert (other["decision"], other["reasons"]) == ("rejected", ["identity_lost"])
+    assert (noise["decision"], noise["reasons"]) == ("rejected", ["no_face"])
+    assert noise["faces_input"] == 1 and noise["faces_edited"] == 0
+    assert all(r["origin"] == "imported" for r in rows.values())
+
+    code, got, err = _cli(capsys, "export", str(tmp_path / "negatives"), "--decision", "rejected", "--json")
+    assert code == 0 and got["rows"] == 2, err
+    summary = json.loads((tmp_path / "negatives" / "summary.json").read_text())
+    assert summary["decisions"]["by_recipe"]["enrich"]["reasons"] == {"identity_lost": 1, "no_face": 1}

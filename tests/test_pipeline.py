@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from common import samples
+from common.errors import InputError
 from common.models import Edit, Job
 
 EXPECTED_COLUMNS = {"input_image", "edit_prompt", "edited_image", "garment_images", "analysis", "confidence",
@@ -70,8 +71,8 @@ def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[
             assert ctx.storage.exists(e.output_uri)
 
     out = tmp_path / "dataset"
-    report = export(ctx.db, ctx.storage, out)
-    assert report.rows == 27
+    report = export(ctx.db, ctx.storage, out, decision="all")  # every edit, whatever its scores decided
+    assert report.rows == 27 and sum(report.by_decision.values()) == 27
     ds = datasets.load_dataset(str(out), split="train")
     assert set(ds.column_names) >= EXPECTED_COLUMNS
     row = ds[0]
@@ -83,7 +84,7 @@ def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[
     assert all(1 <= len(r["garment_images"]) <= 3 for r in tryon_rows)
 
     parquet = tmp_path / "parquet"
-    export(ctx.db, ctx.storage, parquet, fmt="parquet")
+    export(ctx.db, ctx.storage, parquet, fmt="parquet", decision="all")
     pq = datasets.load_dataset("parquet", data_dir=str(parquet), split="train")
     assert pq.num_rows == 27 and isinstance(pq[0]["edited_image"], Image.Image)
     assert pq[0]["edited_image"].tobytes() == ds[0]["edited_image"].tobytes()
@@ -93,7 +94,9 @@ def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[
     assert summary["acceptance"]["by_recipe"]["enrich"]["edited"] == 25
     assert summary["exported_rows"] == 27
 
-    filtered = export(ctx.db, ctx.storage, tmp_path / "strict", min_confidence=1.0)
+    top = max(ds["confidence"])  # keeps at least the most confident, drops any below it
+    filtered = export(ctx.db, ctx.storage, tmp_path / "strict", decision="all", min_confidence=top)
+    assert filtered.rows == sum(c >= top for c in ds["confidence"]) >= 1
     assert filtered.rows + filtered.filtered == 27
 
 
@@ -142,7 +145,7 @@ def test_contact_sheet_renders_in_headless_chromium(tiny: dict[str, Path], tmp_p
     _ingest_and_pair(tmp_path, persons=2, garments=2, characters=0, tryon=2)
     ctx = _ctx()
     run_all(ctx)
-    report = export(ctx.db, ctx.storage, tmp_path / "out")
+    report = export(ctx.db, ctx.storage, tmp_path / "out", decision="all")
     shot = tmp_path / "sheet.png"
     subprocess.run(
         ["/usr/bin/chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -166,6 +169,7 @@ def test_black_output_is_a_recorded_failure_not_a_dataset_row(tiny: dict[str, Pa
     from common.export import export
     from common.runner import run_all
     from common.settings import reset_settings
+    from common.summary import summarise
 
     # a saved checkpoint whose VAE decoder ends in a constant -10: every image decodes black
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(tiny["edit"]), safety_checker=None)
@@ -182,13 +186,15 @@ def test_black_output_is_a_recorded_failure_not_a_dataset_row(tiny: dict[str, Pa
     assert results["edit"].by_status == {"failed": 2}
     with ctx.db.session() as s:
         failed = s.scalars(select(Job).where(Job.stage == "edit")).all()
-        assert {(j.error_type, j.error_message) for j in failed} == {("ModelOutputError", "all-black output")}
+        assert {(j.error_type, j.reason, j.error_message) for j in failed} == {
+            ("model_output", "edit.black_output", "all-black output")}
         assert s.scalars(select(Edit)).all() == []
-    report = export(ctx.db, ctx.storage, tmp_path / "out")
-    assert report.rows == 0
-    summary = json.loads(report.summary_path.read_text())
-    assert summary["failures"] == [{"stage": "edit", "error_type": "ModelOutputError",
-                                    "reason": "all-black output", "count": 2}]
+    with pytest.raises(InputError, match="no edits to export") as refused:  # nothing to write: nothing written
+        export(ctx.db, ctx.storage, tmp_path / "out", decision="all")
+    assert refused.value.code == "export.empty" and not (tmp_path / "out").exists()
+    assert summarise(ctx.db)["failures"] == [{"stage": "edit", "error_type": "model_output",
+                                              "reason": "edit.black_output", "count": 2,
+                                              "example": "all-black output"}]
 
 
 def test_demo_command_runs_end_to_end_on_its_own_defaults_and_reruns_cleanly(tmp_path: Path) -> None:
@@ -215,6 +221,13 @@ def test_demo_command_runs_end_to_end_on_its_own_defaults_and_reruns_cleanly(tmp
     first = demo()
     assert first["jobs"]["vl"].get("running", 0) == 0 and first["jobs"]["edit"].get("running", 0) == 0
     assert first["rows"] == first["jobs"]["edit"].get("succeeded", 0) >= 1
+    # the demo scores its edits and says how they were decided
+    assert first["jobs"]["score"]["succeeded"] == first["rows"]
+    assert sum(first["decisions"].values()) == first["rows"] and "unscored" not in first["decisions"]
+    assert first["notes"][0] == (f"scored {first['rows']} of {first['rows']} edits: "
+                                 f"{first['decisions'].get('accepted', 0)} accepted, "
+                                 f"{first['decisions'].get('rejected', 0)} rejected")
+    assert any("random weights" in line for line in first["notes"])
     dataset = Path(first["dataset"])
     assert (dataset / "train" / "metadata.jsonl").is_file() and Path(first["contact_sheet"]).is_file()
     assert len((dataset / "train" / "metadata.jsonl").read_text().splitlines()) == first["rows"]
