@@ -300,10 +300,10 @@ def test_undo_adds_rows_and_accept_all_visible(env):
     c.post(f"/api/items/{b}/decision", json={"decision": "reject", "tags": ["wrong_garment"]}, headers=h)
     c.post(f"/api/items/{b}/decision", json={"decision": "accept"}, headers=h)  # a change of mind
     undone = c.post("/api/undo", headers=h).json()["undone"]
-    assert undone == [{"edit_id": b, "decision": "rejected", "tags": ["wrong_garment"], "review_id": 4}]
+    assert undone == [{"edit_id": b, "decision": "rejected", "tags": ["wrong_garment"], "note": None, "review_id": 4}]
     assert c.post("/api/undo", headers=h).json()["undone"][0]["decision"] is None
     assert c.post("/api/undo", headers=h).json()["undone"] == [{"edit_id": a, "decision": None, "tags": [],
-                                                              "review_id": 6}]
+                                                              "note": None, "review_id": 6}]
     assert c.post("/api/undo", headers=h).json()["undone"] == []
     rows = reviews(db)
     assert [r[2] for r in rows] == ["accepted", "rejected", "accepted", "rejected", "cleared", "cleared"]
@@ -320,3 +320,37 @@ def test_undo_adds_rows_and_accept_all_visible(env):
     assert sorted(u["edit_id"] for u in c.post("/api/undo", headers=h).json()["undone"]) == [a, b]
     assert [i["edit_id"] for i in c.get("/api/items?mine=done").json()["items"]] == [d]
     assert len(reviews(db)) == 11  # nothing is ever deleted
+
+
+def test_review_command_serves_on_loopback(env, tmp_path: Path):
+    """`synthpipe review` as a real process: uvicorn on 127.0.0.1, the login page up, the API shut."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "review", "--port", str(port)],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/login", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "review page did not come up"
+                time.sleep(0.2)
+        assert page.status_code == 200 and 'name="username"' in page.text and 'name="password"' in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/api/items").status_code == 401
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        local = [line.split()[3] for line in listening.splitlines()]  # State Recv-Q Send-Q Local Peer
+        assert local == [f"127.0.0.1:{port}"]
+    finally:
+        proc.terminate()
+        proc.wait(10)

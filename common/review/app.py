@@ -245,6 +245,8 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
 
     def _queue(who: Principal, f: queries.QueueFilter, limit: int, offset: int) -> dict[str, Any]:
         with db.session() as s:
+            if db.dialect == "postgresql":  # count, page and progress from one snapshot
+                s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             ids, total = queries.queue_ids(s, f, who.reviewer_id, required=settings.required, limit=limit, offset=offset)
             items = queries.load_items(s, ids, who.reviewer_id, with_others=who.is_admin)
             return {"items": items, "total": total, "offset": offset, "limit": limit,
@@ -288,7 +290,8 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
         action = str(form.get("decision") or "")
         if action not in queries.ACTIONS:
             return JSONResponse({"detail": "decision must be accept or reject"}, status_code=422)
-        await run_in_threadpool(_record, who, [edit_id], action, chosen, None)
+        note = str(form.get("note") or "").strip()[:2000] or None
+        await run_in_threadpool(_record, who, [edit_id], action, chosen, note)
         return RedirectResponse(_safe_next(str(form.get("next") or "/")), status_code=303)
 
     @app.post("/accept-visible")
@@ -323,13 +326,13 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
                 raise _UnknownEditError(int(exc.args[0])) from None
             prog = queries.progress(s, who.reviewer_id, required=settings.required)
             return {"edit_id": rows[0].edit_id, "decision": rows[0].decision, "tags": rows[0].tags,
-                    "review_id": rows[0].id, "progress": prog}
+                    "note": rows[0].note, "review_id": rows[0].id, "progress": prog}
 
     def _undo(who: Principal) -> dict[str, Any]:
         with db.session() as s:
             rows = queries.undo(s, who.reviewer_id)
             undone = [{"edit_id": r.edit_id, "decision": r.decision if r.decision in queries.DECIDED else None,
-                       "tags": list(r.tags or []), "review_id": r.id} for r in rows]
+                       "tags": list(r.tags or []), "note": r.note, "review_id": r.id} for r in rows]
             return {"undone": undone, "progress": queries.progress(s, who.reviewer_id, required=settings.required)}
 
     @app.exception_handler(InputError)

@@ -162,7 +162,8 @@ def filter_options(session: Session) -> dict[str, list[str]]:
     for row in session.scalars(select(Decision.reasons).where(Decision.decision == REJECTED)):
         reasons.update(str(r) for r in row or [])
     metrics: set[str] = set()
-    for scorer, m in session.execute(select(Score.scorer, Score.metrics).distinct().limit(2000)):
+    # the newest scores are enough to list the metric names (JSON has no equality for DISTINCT)
+    for scorer, m in session.execute(select(Score.scorer, Score.metrics).order_by(Score.id.desc()).limit(2000)):
         metrics.update(f"{scorer}.{k}" for k, v in (m or {}).items() if isinstance(v, int | float))
     return {"recipes": recipes, "sites": sites, "categories": categories, "reasons": sorted(reasons),
             "scores": sorted(metrics)}

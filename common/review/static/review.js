@@ -41,7 +41,7 @@
 
   function card(editId) { return queue.querySelector('.item[data-edit-id="' + editId + '"]'); }
 
-  function show(editId, decision, chosen) {
+  function show(editId, decision, chosen, note) {
     var el = card(editId);
     if (!el) { return null; }
     el.classList.remove("decided-accepted", "decided-rejected");
@@ -50,6 +50,8 @@
     var mine = el.querySelector('[data-role="mine"]');
     mine.textContent = decision ? "you: " + decision + (chosen && chosen.length ? " (" + chosen.map(label).join(", ") + ")" : "") : "";
     el.querySelectorAll('input[name="tags"]').forEach(function (box) { box.checked = (chosen || []).indexOf(box.value) >= 0; });
+    var noteField = el.querySelector('input[name="note"]');
+    if (noteField) { noteField.value = note || ""; }
     return el;
   }
 
@@ -80,8 +82,10 @@
     if (!el) { say("Pick an item first (j / k)"); return; }
     var chosen = Array.prototype.slice.call(el.querySelectorAll('input[name="tags"]:checked')).map(function (b) { return b.value; });
     var id = el.getAttribute("data-edit-id");
-    post("/api/items/" + id + "/decision", { decision: action, tags: chosen }).then(function (data) {
-      show(data.edit_id, data.decision, data.tags);
+    var noteField = el.querySelector('input[name="note"]');
+    var note = noteField && noteField.value.trim() ? noteField.value.trim() : null;
+    post("/api/items/" + id + "/decision", { decision: action, tags: chosen, note: note }).then(function (data) {
+      show(data.edit_id, data.decision, data.tags, data.note);
       progress(data.progress);
       var all = items();
       var i = all.indexOf(el);
@@ -93,7 +97,7 @@
     post("/api/undo").then(function (data) {
       if (!data.undone.length) { say("Nothing to undo"); return; }
       var last = null;
-      data.undone.forEach(function (u) { last = show(u.edit_id, u.decision, u.tags) || last; });
+      data.undone.forEach(function (u) { last = show(u.edit_id, u.decision, u.tags, u.note) || last; });
       progress(data.progress);
       if (last) { select(last); }
       say("Undone");
@@ -136,7 +140,10 @@
   document.addEventListener("keydown", function (ev) {
     var t = ev.target;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) { return; }
-    if (t && (t.tagName === "INPUT" && t.type !== "checkbox" && t.type !== "range" || t.tagName === "SELECT" || t.tagName === "TEXTAREA")) { return; }
+    if (t && (t.tagName === "INPUT" && t.type !== "checkbox" && t.type !== "range" || t.tagName === "SELECT" || t.tagName === "TEXTAREA")) {
+      if (ev.key === "Escape") { t.blur(); var item = t.closest(".item"); if (item) { select(item); } }
+      return;
+    }
     var k = ev.key;
     if (k === "Escape") { toggleHelp(false); return; }
     if (k === "?") { toggleHelp(); ev.preventDefault(); return; }
