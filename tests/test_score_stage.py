@@ -189,9 +189,33 @@ def test_edit_chains_into_score_through_workers_and_a_killed_score_worker_loses_
     assert cluster.counts("score").get("running", 0) > 0, "the worker was killed holding no job"
     cluster.worker("score")
     done = cluster.wait_done("score", n_edits)
-    assert done.get("succeeded") == n_edits, done
+    reasons = cluster.scalar(select(func.string_agg(Job.reason, ",")).where(Job.stage == "score"))
+    assert done.get("succeeded") == n_edits, (done, reasons, cluster.logs())
     assert cluster.scalar(select(func.count()).select_from(Score)) == 4 * n_edits  # each scorer once per edit
     assert cluster.scalar(select(func.count()).select_from(Decision)) == n_edits
     assert cluster.scalar(select(func.max(Job.attempts)).where(Job.stage == "score")) == 2  # the killed batch
     status = json.loads(cluster.cli("status", "--json").stdout)
     assert status["jobs"]["score"]["succeeded"] == n_edits
+
+
+def test_a_judge_verdict_that_does_not_parse_is_a_recorded_judge_failure(
+        db, score_env: dict[str, str], tiny_vl: Path, pics: dict[str, Image.Image],
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.settings import reset_settings
+    from common.tinymodels import tiny_run_settings
+
+    for key, value in {**tiny_run_settings(), "SYNTHPIPE_VL_MODEL": str(tiny_vl), "SYNTHPIPE_VL__DEVICE": "cpu",
+                       "SYNTHPIPE_VL__MAX_NEW_TOKENS": "6",  # a verdict cut short: it cannot parse
+                       "SYNTHPIPE_SCORE__SCORERS": "change,judge"}.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    ids = _add_edits(pics, ["relit"])
+    ran = _cli_json(capsys, "run", "--stage", "score")
+    assert ran["score"]["succeeded"] == 1, ran
+    assert _decisions(db) == {ids["relit"]: ("rejected", ["judge_failed"])}  # never a guessed score
+    with db.session() as s:
+        judge = s.execute(select(Score).where(Score.scorer == "judge")).scalar_one()
+        assert judge.error_code == "judge.unparseable" and judge.metrics == {} and judge.raw_text
+        assert judge.params["model"] == str(tiny_vl) and judge.params["max_new_tokens"] == 6
+        decision = s.execute(select(Decision)).scalar_one()
+        assert decision.failed["judge_failed"] == {"scorers": {"judge": "judge.unparseable"}}

@@ -163,7 +163,9 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
         output_uri = edit.output_uri
     images = load_member_images(ctx.storage, (view.primary, *view.garments), ctx.settings.images)
     try:
-        edited = load_image(ctx.storage.get(output_uri), ctx.settings.images).image
+        # the edit is this store's own output (or was checked on import): small is no reason to refuse it
+        limits = ctx.settings.images.model_copy(update={"min_side": 1})
+        edited = load_image(ctx.storage.get(output_uri), limits).image
     except FileNotFoundError:
         raise InputError(f"edit {edit_id}: stored image missing at {output_uri}", code="score.edit_image_missing") from None
     except ImageRejected as exc:
