@@ -151,6 +151,7 @@ class EditSettings(Section):
     kontext_auto_resize: bool = Field(False, description="snap the reference image to Kontext's preferred resolutions instead of the output size")
     kontext_lora_path: Path | None = Field(None, description="folder of a LoRA adapter (save_lora_weights layout, e.g. a synthpipe adapter) loaded into flux-kontext")
     kontext_lora_scale: float = Field(1.0, ge=0, description="weight of that LoRA")
+    kontext_adapter: str = Field("none", description="character LoRA (adapters table) loaded into flux-kontext: an adapter id, latest (newest character adapter) or none; a job's own adapter wins")
     batch_size: int = Field(4, ge=1, description="edits per pipeline call")
     device: Device = Field("auto", description="device the model runs on")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
@@ -162,7 +163,7 @@ class EditSettings(Section):
     negative_prompt: str | None = Field(None, description="negative prompt for every edit")
     adapter: str = Field("none", description="LoRA adapter of the InstructPix2Pix UNet: an adapter id, latest (newest edit adapter) or none")
 
-    @field_validator("adapter")
+    @field_validator("adapter", "kontext_adapter")
     @classmethod
     def _adapter_choice(cls, value: str) -> str:
         return _check_adapter(value)

@@ -124,6 +124,22 @@ def test_character_lora_lowers_its_loss_and_generate_uses_it(tiny_models: dict[s
     out = kontext.run_batch([EditItem(key="k", image=Image.open(photo), prompt="make it snowy", seed=1)])[0]
     assert out.error is None and out.image is not None and kontext.params()["lora_path"] == str(folder)
 
+    # ... and the edit stage loads it there when told to (enrich set → VL → flux-kontext + adapter)
+    from common.pairing import pair
+
+    monkeypatch.setenv("SYNTHPIPE_EDIT__BACKEND_ENRICH", "flux-kontext")
+    monkeypatch.setenv("SYNTHPIPE_EDIT__KONTEXT_ADAPTER", "latest")
+    monkeypatch.setenv("SYNTHPIPE_PAIRING__ENRICH_VARIATIONS", "1")
+    reset_settings()
+    ctx = _ctx()
+    with ctx.db.session() as s:
+        pair(s, ctx.settings, "enrich", limit=1, seed=1)
+    assert run_all(ctx, ("vl", "edit"))["edit"].by_status == {"succeeded": 1}
+    with ctx.db.session() as s:
+        edit = s.scalars(select(Edit).where(Edit.origin == "pipeline")).one()
+        assert edit.backend == "flux-kontext" and edit.adapter_id == adapter_id
+        assert edit.params["lora_path"] and edit.params["lora_path"].endswith(ref.sha256)
+
 
 def test_train_character_needs_a_character(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,6 +120,8 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
         # a job may name its adapter (the flywheel's rounds do); else the setting decides
         adapter = resolve_adapter(s, "edit", str(job.payload.get("adapter") or ctx.settings.edit.adapter)) \
             if name == "instruct-pix2pix" else None
+        if name == "flux-kontext":  # a FLUX transformer LoRA: a character adapter
+            adapter = resolve_adapter(s, "character", str(job.payload.get("adapter") or ctx.settings.edit.kontext_adapter))
     members = view.members if name in MULTI_IMAGE_BACKENDS else view.members[:1]
     images = load_member_images(ctx.storage, members, ctx.settings.images)
     item = EditItem(key=job.key, image=images[0], garments=images[1:], prompt=prompt,

@@ -7,8 +7,9 @@ pipeline's area fitting is pinned to it (``max_area = width * height``), so the 
 size :meth:`output_size` promises; ``auto_resize`` instead lets the pipeline snap the reference
 to Kontext's preferred training resolutions (about one megapixel).
 
-A LoRA adapter (``lora_path``: a folder written by ``save_lora_weights`` / PEFT, e.g. a
-character LoRA) is loaded into the transformer when given; its path and scale are recorded.
+A LoRA adapter (``lora_path``, or ``adapter`` as the edit service passes it: a folder written
+by ``save_lora_weights``, e.g. a synthpipe character adapter) is loaded into the transformer
+when given; its path and scale are recorded.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ class FluxKontextBackend(PipelineBackend):
         lora_path: str | Path | None = None,
         lora_scale: float = 1.0,
         cpu_offload: bool = False,
+        adapter: str | Path | None = None,
     ) -> None:
+        if adapter is not None and lora_path is not None and str(adapter) != str(lora_path):
+            raise ConfigError("flux-kontext: give either edit.kontext_lora_path or an adapter, not both")
+        lora_path = lora_path if lora_path is not None else adapter
         if steps < 1:
             raise ConfigError(f"steps must be >= 1 (got {steps})")
         if max_batch < 1:
