@@ -35,6 +35,8 @@ from common.contact_sheet import write_contact_sheet
 from common.db import Database
 from common.errors import InputError
 from common.models import Analysis, Decision, Edit, ItemSet, Job, Score
+from common.review.agreement import agreement_summary
+from common.review.final import FinalDecision, final_decisions
 from common.storage import Storage
 from common.summary import summarise
 
@@ -94,10 +96,12 @@ def collect_rows(db: Database, *, decision: str = "accepted", min_confidence: fl
             .outerjoin(Decision, Decision.edit_id == Edit.id)
             .order_by(Edit.id)
         )
-        if decision != "all":
-            q = q.where(Decision.decision == decision)
+        finals = final_decisions(s)  # people's majority where reviewed, the AI's otherwise
         chosen = []
         for edit, item, analysis, vl_job, dec in s.execute(q):
+            final = finals.get(edit.id)
+            if decision != "all" and (final.decision if final else None) != decision:
+                continue
             if min_confidence is not None and (analysis is None or analysis.confidence < min_confidence):
                 filtered += 1
                 continue
@@ -105,7 +109,20 @@ def collect_rows(db: Database, *, decision: str = "accepted", min_confidence: fl
         scores = _scores(s, [c[0].id for c in chosen])
         for edit, item, analysis, vl_job, dec in chosen:
             rows.append(_row(edit, item, analysis, vl_job, dec, scores.get(edit.id, [])))
+            rows[-1].update(_review_columns(finals.get(edit.id), dec))
     return Collected(rows, filtered, _flatten_metrics(rows))
+
+
+def _review_columns(final: FinalDecision | None, dec: Decision | None) -> dict[str, Any]:
+    """``decision`` becomes the final one (people's majority where reviewed, else the AI's; a tie is
+    "unresolved"); ``ai_decision`` keeps the AI's, ``review_*`` and ``reviewers`` the people's."""
+    ai = dec.decision if dec else UNSCORED
+    if final is None:  # an edit that arrived after the final decisions were read
+        return {"ai_decision": ai, "review_decision": "", "review_tags": [], "reviewers": []}
+    tie = final.source == "tie"
+    return {"decision": final.decision or ("unresolved" if tie else UNSCORED), "ai_decision": ai,
+            "review_decision": final.review_decision or ("tie" if tie else ""),
+            "review_tags": list(final.review_tags), "reviewers": list(final.reviewers)}
 
 
 def _scores(s: Any, edit_ids: list[int]) -> dict[int, list[Score]]:
@@ -265,6 +282,8 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
     by_decision = dict(Counter(r["decision"] or "unscored" for r in rows))
     summary = summarise(db, exported=len(rows), filtered=filtered)
     summary["export"] = {"decision": decision, "format": fmt, "rows": len(rows), "by_decision": by_decision}
+    with db.session() as s:
+        summary["review"] = agreement_summary(s)
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if settings is None:
@@ -352,6 +371,7 @@ def _write_parquet(storage: Storage, out_dir: Path, rows: list[dict[str, Any]]) 
     features = {
         "input_image": Image(), "edit_prompt": text, "edited_image": Image(), "garment_images": List(Image()),
         "edit_id": Value("int64"), "origin": text, "decision": text, "reasons": List(text),
+        "ai_decision": text, "review_decision": text, "review_tags": List(text), "reviewers": List(text),
         "failed_checks": text, "judge": text, "scores": text,
         "negative_prompt": text, "recipe": text, "confidence": number, "feasibility": text,
         "analysis": text, "keywords": text, "variation": text, "provenance": text,

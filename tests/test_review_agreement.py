@@ -157,3 +157,44 @@ def test_final_decision_majority_tie_and_ai(env):
         queries.undo(s, ids["ann"])  # e[2]
         queries.undo(s, ids["ann"])  # e[1]: now only ben's accept
         assert final_decisions(s, [e[1]])[e[1]].decision == "accepted"
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "parquet"])
+def test_export_follows_the_final_decision(env, tmp_path, fmt: str):
+    import json
+
+    from common.export import export
+
+    db, storage = env
+    ai = ["accepted", "accepted", "rejected", "rejected", "accepted"]
+    e = [add_edit(db, storage, Spec(ai=d, reasons=() if d == "accepted" else ("identity_lost",)), i)
+         for i, d in enumerate(ai)]
+    ids = reviewers(db, "ann", "ben")
+    # e0 people reject an AI accept; e2 people accept an AI reject; e4 is a tie; e1, e3 stay the AI's
+    decide(db, ids["ann"], e, "r-a-a")
+    decide(db, ids["ben"], e, "r-a-r")
+    with db.session() as s:
+        queries.record(s, ids["ben"], [e[0]], R, tags=["wrong_garment"])
+    out = tmp_path / "accepted"
+    report = export(db, storage, out, fmt=fmt, decision="accepted")
+    if fmt == "imagefolder":
+        rows = [json.loads(line) for line in (out / "train" / "metadata.jsonl").read_text().splitlines()]
+    else:
+        from datasets import load_dataset
+
+        rows = list(load_dataset("parquet", data_dir=str(out), split="train"))
+    by_id = {r["edit_id"]: r for r in rows}
+    assert sorted(by_id) == [e[1], e[2]] and report.rows == 2
+    assert by_id[e[2]]["decision"] == "accepted" and by_id[e[2]]["ai_decision"] == "rejected"
+    assert by_id[e[2]]["review_decision"] == "accepted" and by_id[e[2]]["reviewers"] == ["ann", "ben"]
+    assert by_id[e[1]]["review_decision"] == "" and by_id[e[1]]["reviewers"] == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["review"]["between_reviewers"]["edits"] == 3
+    assert summary["review"]["ai_vs_human"]["ai_accepted_human_rejected"] == 1
+    rejected = export(db, storage, tmp_path / "rejected", fmt="imagefolder", decision="rejected")
+    rows = [json.loads(line) for line in (tmp_path / "rejected" / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert rejected.rows == 2 and sorted(r["edit_id"] for r in rows) == [e[0], e[3]]
+    first = next(r for r in rows if r["edit_id"] == e[0])
+    assert first["review_tags"] == ["wrong_garment"] and first["ai_decision"] == "accepted"
+    everything = export(db, storage, tmp_path / "all", fmt="imagefolder", decision="all")
+    assert everything.by_decision == {"accepted": 2, "rejected": 2, "unresolved": 1}
