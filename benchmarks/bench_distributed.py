@@ -90,10 +90,13 @@ def noop_batch(jobs: list[Any], ctx: Any) -> list[Any]:
 
 def noop_worker(argv: list[str]) -> int:
     """``synthpipe worker ARGV`` with the named stage's batch function replaced by ``noop_batch``."""
-    from common import runner
+    from dataclasses import replace
+
+    from common import stages
     from common.cli import main as cli_main
 
-    runner.STAGE_FUNCTIONS[argv[0]] = f"{__name__}:noop_batch"  # imported by name on each batch
+    # the registry entry names the batch function; it is imported by name on each batch
+    stages.register(replace(stages.get(argv[0]), batch=f"{__name__}:noop_batch", phases=None))
     return cli_main(["worker", *argv])
 
 

@@ -183,6 +183,15 @@ def test_two_machines_share_one_job_stream_over_tls(cluster: Cluster, certs: Pat
     cluster.cli("pair", "--recipe", "tryon", "--limit", "6", "--seed", "11")  # 6 messages over TLS
     vl = cluster.wait_done("vl", 6)
     assert vl.get("succeeded", 0) + vl.get("skipped", 0) == 6, vl
+    # one more job queued with no message (a producer that lost its broker): a worker's sweeper
+    # finds it and sends its message, over TLS too
+    code = ("from common.db import get_database; from common.pairing import pair; "
+            "from common.settings import get_settings\n"
+            "with get_database().session() as s:\n    print(pair(s, get_settings(), 'tryon', limit=1, seed=12).jobs)")
+    quiet = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.split()[-1] == "1", quiet.stdout + quiet.stderr[-2000:]
+    vl = cluster.wait_done("vl", 7)
+    assert vl.get("succeeded", 0) + vl.get("skipped", 0) == 7, vl
     edit = cluster.wait_done("edit", vl.get("succeeded", 0))
     assert edit.get("succeeded", 0) == vl.get("succeeded", 0) > 0, edit
 
