@@ -116,6 +116,8 @@ def database_problem(url: str, sslmode: str | None) -> str | None:
 
     ``sslmode`` is the settings' value; one in the URL's query takes precedence.
     """
+    if url.startswith("sqlite"):
+        return None  # a file on this machine (and no SQLAlchemy import for local-mode start-up)
     from sqlalchemy.engine import make_url
 
     try:
