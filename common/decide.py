@@ -40,6 +40,8 @@ class Rule:
     metric: str
     bound: str  # "min" | "max"
     key: str
+    #: divides the distance to the threshold, so every margin is on a 0-1 scale
+    scale: float = 1.0
 
 
 #: every per-metric threshold, by the code it rejects with
@@ -53,7 +55,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ssim_too_low", "change", "ssim", "min", "ssim_min"),
     Rule("change_too_large", "change", "mad", "max", "mad_max"),
     Rule("identity_lost", "identity", "identity_distance", "max", "identity_max"),
-    Rule("judge_low", "judge", "judge_overall", "min", "judge_min"),
+    Rule("judge_low", "judge", "judge_overall", "min", "judge_min", scale=10.0),  # ratings are 0-10
 )
 
 #: every reason code a decision can carry
@@ -68,7 +70,8 @@ class DecisionResult:
     #: code -> {"metric", "value", "threshold"} (scorer errors: {"scorer", "error"})
     failed: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
-    #: distance of the closest applied metric to its threshold; None when no threshold applied
+    #: distance of the closest applied metric to its threshold (0-1 scale: the judge's 0-10
+    #: ratings count a tenth); None when no threshold applied. Small: least certain
     margin: float | None = None
 
 
@@ -88,7 +91,7 @@ def decide(metrics_by_scorer: Mapping[str, Mapping[str, float]], errors: Mapping
         value = metric(rule.scorer, rule.metric)
         if limit is None or value is None:
             continue
-        margins.append(abs(value - limit))
+        margins.append(abs(value - limit) / rule.scale)
         bad = value < limit if rule.bound == "min" else value > limit
         if bad:
             failed[rule.code] = {"metric": f"{rule.scorer}.{rule.metric}", "value": value, "threshold": limit}
@@ -96,8 +99,12 @@ def decide(metrics_by_scorer: Mapping[str, Mapping[str, float]], errors: Mapping
     ssim, mad = metric("change", "ssim"), metric("change", "mad")
     ssim_at, mad_at = thresholds.get("no_change_ssim"), thresholds.get("no_change_mad")
     if ssim is not None and mad is not None and ssim_at is not None and mad_at is not None:
-        margins.append(max(min(abs(ssim - ssim_at), abs(mad - mad_at)), 0.0))
-        if ssim >= ssim_at and mad <= mad_at:
+        unchanged = ssim >= ssim_at and mad <= mad_at
+        # flagged: moving either value across its bound clears it; not flagged: every unmet one must move
+        distances = [abs(ssim - ssim_at), abs(mad - mad_at)]
+        unmet = [d for d, met in zip(distances, (ssim >= ssim_at, mad <= mad_at), strict=True) if not met]
+        margins.append(min(distances) if unchanged else max(unmet))
+        if unchanged:
             failed["no_change"] = {"metric": "change.ssim+change.mad", "value": {"ssim": ssim, "mad": mad},
                                    "threshold": {"ssim_at_least": ssim_at, "mad_at_most": mad_at}}
 

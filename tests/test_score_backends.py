@@ -215,7 +215,11 @@ def test_a_threshold_applies_only_to_computed_metrics() -> None:
     assert low.failed["score_failed"] == {"scorers": {"garment": "score.crashed"}}
     assert low.margin == pytest.approx(0.05)
     judged = decide({"judge": {"judge_overall": 6.5}}, {}, "tryon", {**thresholds, "judge_min": 7.0})
-    assert judged.reasons == ["judge_low"]
+    assert judged.reasons == ["judge_low"] and judged.margin == pytest.approx(0.05)  # 0-10 ratings, scaled
+    unchanged = decide({"change": {"ssim": 0.99, "mad": 0.004}}, {}, "tryon", thresholds)
+    assert unchanged.reasons == ["no_change"] and unchanged.margin == pytest.approx(0.006)
+    relit = decide({"change": {"ssim": 0.99, "mad": 0.2}}, {}, "tryon", thresholds)
+    assert relit.decision == "accepted" and relit.margin == pytest.approx(0.19)
     off = decide({"judge": {"judge_overall": 6.5}}, {}, "tryon", {**thresholds, "judge_min": None})
     assert off.decision == "accepted" and off.margin is None
 
