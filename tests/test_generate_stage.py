@@ -146,3 +146,27 @@ def test_bad_characters_and_adapters_are_one_line_errors(tiny: dict[str, Path], 
     assert "no stored photo" in capsys.readouterr().err
     assert main(["generate", "--character", str(asset_id), "--n", "1", "--adapter", "77"]) == 2
     assert "adapter 77 does not exist" in capsys.readouterr().err
+
+
+def test_generate_on_postgres_records_lineage_once(tiny: dict[str, Path], tmp_path: Path, pg_url: str,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Distributed mode's database: the same jobs, assets and lineage rows, and a rerun adds none."""
+    from common.db import get_database
+    from common.runner import run_all
+    from common.settings import reset_settings
+
+    monkeypatch.setenv("SYNTHPIPE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("SYNTHPIPE_GENERATE__IDENTITY_SCORE", "false")
+    reset_settings()
+    get_database(pg_url, ensure=False).upgrade()
+    asset_id, _ = _ingest_astronaut(tmp_path)
+    got = _json(capsys, ["generate", "--character", str(asset_id), "--n", "2", "--seed", "3", "--json"])
+    assert got["queued"] == 2
+    assert run_all(_ctx(), ("generate",))["generate"].by_status == {"succeeded": 2}
+    assert _json(capsys, ["generate", "--character", str(asset_id), "--n", "2", "--seed", "3", "--json"])["queued"] == 0
+    assert run_all(_ctx(), ("generate",))["generate"].claimed == 0
+    with _ctx().db.session() as s:
+        rows = list(s.scalars(select(AssetLineage)))
+        assert len(rows) == 2 and {r.source_asset_id for r in rows} == {asset_id}
+        assert {s.get(Edit, r.edit_id).origin for r in rows} == {"generated"}
