@@ -31,7 +31,7 @@ from common.images import LoadedImage, load_image
 from common.models import RECIPES, Edit, ItemSet, ItemSetAsset
 from common.progress import progress
 from common.settings import ImageSettings, Settings
-from common.storage import Storage
+from common.storage import Storage, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,11 @@ def _import_row(session: Session, row: dict[str, Any], columns: ColumnMap, extra
     prompt = prompt.strip()
     input_bytes = _image_bytes(row.get(columns.input), columns.input, root, limits)
     edited_bytes = _image_bytes(row.get(columns.edited), columns.edited, root, limits)
-    loaded_input = _safe_load(input_bytes, columns.input, limits)
+    # the key is of the original bytes, so a row imported before is known without decoding it again
+    key = import_key(sha256_hex(input_bytes), sha256_hex(edited_bytes), prompt)
+    if session.scalar(select(Edit.id).where(Edit.import_key == key)) is not None:
+        return "duplicate", None
+    _safe_load(input_bytes, columns.input, limits)
     loaded_edit = _safe_load(edited_bytes, columns.edited, limits)
     garments = row.get(columns.garments) or []
     if isinstance(garments, dict):  # one garment image rather than a list
@@ -234,9 +238,6 @@ def _import_row(session: Session, row: dict[str, Any], columns: ColumnMap, extra
     if recipe not in RECIPES:
         raise RowRejected("import.recipe_unknown", f"{columns.recipe}: {recipe!r} (allowed: {', '.join(RECIPES)})")
 
-    key = import_key(loaded_input.sha256, loaded_edit.sha256, prompt)
-    if session.scalar(select(Edit.id).where(Edit.import_key == key)) is not None:
-        return "duplicate", None
 
     source = Provenance(source_path=provenance["path"])
     primary_role = "person" if recipe == "tryon" else "character"

@@ -1,4 +1,5 @@
-"""``synthpipe import`` and ``synthpipe export`` through the CLI, on SQLite and PostgreSQL:
+"""``synthpipe import`` and ``synthpipe export`` through the CLI, on SQLite and PostgreSQL where
+the store matters (queueing, duplicates, decisions, scoring):
 outside pairs in (imagefolder, parquet, synthpipe's own export, diffusers' layout, renamed
 columns), hostile rows refused with codes, re-imports adding nothing; decisions out
 (accepted / rejected / all), a folder that is not the export's never touched."""
@@ -149,6 +150,7 @@ def _content_addressed(uri: str) -> bool:
     return "/pairs/" not in uri and uri.rsplit("/", 1)[-1].split(".")[0].isalnum()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from common.models import Edit
@@ -274,6 +276,7 @@ def test_export_by_decision_with_metrics_reasons_and_verdict(db: Any, tmp_path: 
     assert 'class="threshold"' in hist[:hist.index("</svg>")] and "max 0.6" in hist[:hist.index("</svg>")]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_export_refuses_a_folder_it_did_not_write_and_says_when_nothing_matches(
         db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ids = _imported(db, tmp_path, capsys)
@@ -308,6 +311,7 @@ def test_export_refuses_a_folder_it_did_not_write_and_says_when_nothing_matches(
     assert not (ours / "train").exists() and (ours / "data").is_dir() and (ours / "README.txt").exists()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_own_export_reimports_into_a_fresh_store(db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from common.db import get_database, reset_databases
@@ -338,6 +342,7 @@ def test_own_export_reimports_into_a_fresh_store(db: Any, tmp_path: Path, capsys
             assert jacket.provenance["source"]["origin"] == "imported"  # the exported row's columns
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_contact_sheet_cards_hold_long_prompts_in_chromium(db: Any, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A 3000-character prompt with no break must wrap inside its card, measured in a real browser."""
