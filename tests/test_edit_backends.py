@@ -119,7 +119,7 @@ def test_check_output_array() -> None:
 
 
 def test_registry() -> None:
-    assert set(BACKENDS) == {"instruct-pix2pix", "qwen-image-edit-plus"}
+    assert set(BACKENDS) == {"instruct-pix2pix", "qwen-image-edit-plus", "flux-kontext"}
     with pytest.raises(ConfigError, match="allowed"):
         get_backend("no-such-editor")
     with pytest.raises(ConfigError, match="scheduler"):
