@@ -323,14 +323,18 @@ def thresholds_of(db: Database, columns: dict[tuple[str, str], str]) -> dict[str
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """``datasets`` without its progress bars (they would bury a command's one-line output)."""
+    """``datasets`` without its progress bars and log lines (they would bury a command's one-line
+    output; what goes wrong is raised, and said once, by the caller)."""
     import datasets
 
     was = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if was:
             datasets.enable_progress_bars()
 

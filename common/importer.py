@@ -141,7 +141,8 @@ def _load(path: Path, fmt: str, cache: str) -> dict[str, Any]:
         with quiet_datasets():
             loaded = datasets.load_dataset(fmt, cache_dir=cache, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable folders
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        why = exc.__cause__ or exc  # a generation error's cause says which file and why
+        text = " ".join(str(why).split())[:300] or type(why).__name__
         raise InputError(f"cannot read {path} as {fmt}: {text} (give --format, or a folder with "
                          "metadata.jsonl and images, or parquet files)", code="import.unreadable") from None
     return dict(loaded.items())

@@ -81,7 +81,8 @@ def _parquet(path: Path, columns: dict[str, list[Any]], images: tuple[str, ...])
     from datasets import Image as ImageFeature
 
     features = Features({name: (ImageFeature() if name in images else Value("string")) for name in columns})
-    values = {name: ([{"bytes": b, "path": None} for b in col] if name in images else col)
+    values = {name: ([{"bytes": None, "path": b} if isinstance(b, str) else {"bytes": b, "path": None}
+                      for b in col] if name in images else col)
               for name, col in columns.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     Dataset.from_dict(values, features=features).to_parquet(str(path))
@@ -139,7 +140,7 @@ def test_imagefolder_import_rejects_bad_rows_with_codes_and_reimports_nothing(
 
     code, again, err = _cli(capsys, "import", str(folder), "--json")
     assert code == 0, err
-    assert again["imported"] == 0 and again["duplicates"] == 3 and len(again["rejected"]) == 6
+    assert again["imported"] == 0 and again["duplicates"] == 3 and len(again["rejected"]) == len(BAD_CODES)
     with db.session() as s:
         assert len(s.scalars(select(Edit)).all()) == 3
         assert len(s.scalars(select(Job).where(Job.stage == "score")).all()) == 3
@@ -155,15 +156,30 @@ def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from common.models import Edit
 
-    # diffusers' InstructPix2Pix training data: input_image, edit_prompt, edited_image, in data/*.parquet
+    # diffusers' InstructPix2Pix training data: input_image, edit_prompt, edited_image, in data/*.parquet;
+    # a row naming a file outside the dataset is refused (a real image, but not the dataset's to give)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(_photo(9))
     ip2p = tmp_path / "ip2p"
     _parquet(ip2p / "data" / "train-00000-of-00001.parquet",
-             {"input_image": [_photo(10), _photo(11)], "edit_prompt": ["turn it into a sketch", "add snow"],
-              "edited_image": [_noise(110), b"garbage"]}, images=("input_image", "edited_image"))
+             {"input_image": [_photo(10), _photo(11), str(outside)],
+              "edit_prompt": ["turn it into a sketch", "add snow", "a file that is not the dataset's"],
+              "edited_image": [_noise(110), b"garbage", _noise(111)]}, images=("input_image", "edited_image"))
     code, got, err = _cli(capsys, "import", str(ip2p), "--json")
     assert code == 0, err
     assert got["imported"] == 1 and [(r["row"], r["reason"].split(":")[0]) for r in got["rejected"]] == [
-        (1, "image.not_an_image")]
+        (1, "image.not_an_image"), (2, "import.path_outside")]
+
+    # an imagefolder whose metadata climbs out of its folder is refused whole, naming the file
+    climbing = _imagefolder(tmp_path / "climbing", [
+        {"edited": _noise(113), "input_name": "../../outside.png", "prompt": "escape"}])
+    code, _, err = _cli(capsys, "import", str(climbing))
+    assert code == 2 and "../../outside.png" in err and len(err.strip().splitlines()) == 1
+
+    # a file that is no parquet: one line, exit 2
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    code, _, err = _cli(capsys, "import", str(tmp_path / "broken.parquet"))
+    assert code == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
 
     # one parquet file with its own column names, renamed by flags
     other = _parquet(tmp_path / "mine.parquet",
