@@ -152,15 +152,21 @@ class CharacterLoRATrainer:
         self.encoded: list[_Encoded] = []
 
     def load(self) -> None:
-        import torch
         from diffusers import FluxPipeline
+
+        try:
+            pipe = FluxPipeline.from_pretrained(self.base_model, dtype=self.rt.dtype)
+        except (OSError, ValueError) as exc:
+            raise model_load_error(self.base_model, exc, "generate.model (SYNTHPIPE_GENERATE__MODEL)") from exc
+        self.attach(pipe)
+
+    def attach(self, pipe: Any) -> None:
+        """Freeze ``pipe``'s parts on the training device and put the LoRA on its transformer
+        (``load`` does this with the checkpoint; a benchmark hands over a pipeline it built)."""
+        import torch
         from peft import LoraConfig
 
         rt = self.rt
-        try:
-            pipe = FluxPipeline.from_pretrained(self.base_model, dtype=rt.dtype)
-        except (OSError, ValueError) as exc:
-            raise model_load_error(self.base_model, exc, "generate.model (SYNTHPIPE_GENERATE__MODEL)") from exc
         for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae, pipe.transformer):
             part.requires_grad_(False)
             part.to(rt.device)
