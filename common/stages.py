@@ -41,6 +41,9 @@ class Stage:
     holds_model: bool = False
     #: position in ``run --stage all`` (lower runs first)
     order: int = 100
+    #: Celery pool of a worker with ``--concurrency > 1``: ``threads`` when the work must share
+    #: process state (the crawler's per-host politeness), else ``prefork``
+    pool: str = "prefork"
     help: str = ""
     #: ``"module:attribute"`` of a ``common.overlap.Phases`` (prepare/run/finish) for overlapped batches
     phases: str | None = None
@@ -111,7 +114,7 @@ def _resolve(target: str) -> Any:
 # --- the built-in stages -------------------------------------------------------------------
 
 register(Stage("scrape", "worker_scrape.service:process_batch", "scrape.crawl", "worker_scrape.tasks",
-               batch_size_setting="scrape.concurrency", order=10,
+               batch_size_setting="scrape.concurrency", order=10, pool="threads",
                help="crawl batches in headless Chromium, scrape.concurrency sites at once"))
 register(Stage("vl", "worker_vl.service:process_batch", "vl.analyze", "worker_vl.tasks",
                batch_size_setting="vl.batch_size", holds_model=True, order=20,
@@ -122,6 +125,8 @@ register(Stage("edit", "worker_edit.service:process_batch", "edit.apply", "worke
 register(Stage("score", "worker_score.service:process_batch", "score.evaluate", "worker_score.tasks",
                batch_size_setting="score.batch_size", holds_model=True, order=40,
                help="scores and accept/reject decisions of edits"))
+register(Stage("train", "worker_train.service:process_batch", "train.fit", "worker_train.tasks",
+               holds_model=True, order=60, help="LoRA fine-tuning of the edit and VL models on snapshots"))
 register(Stage("generate", "worker_generate.service:process_batch", "generate.render", "worker_generate.tasks",
                batch_size_setting="generate.batch_size", holds_model=True, order=35,
                help="text-to-image FLUX renders of a character (with its LoRA) as new character assets"))

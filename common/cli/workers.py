@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signals.worker_process_init.connect(lambda **_: reset_worker_context(), weak=False)
     sweeper = Sweeper(stage.name, settings.celery.sweep_interval_s, settings.celery.resend_after_s)
     signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
-    pool = args.pool or ("solo" if args.concurrency == 1 else "prefork")
+    pool = args.pool or ("solo" if args.concurrency == 1 else stage.pool)
     if args.metrics_port is not None:  # before the pool forks: children write files the parent sums
         from common.metrics import serve_worker
 
@@ -79,7 +79,8 @@ def register(sub: Any) -> None:
     p.add_argument("--concurrency", type=positive, default=1,
                    help="processes; model workers keep 1 per GPU (each process loads its own model)")
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
-                   help="default: solo for concurrency 1 (the model lives in the worker process), else prefork")
+                   help="default: solo for concurrency 1 (the model lives in the worker process), else the stage's "
+                        "pool (threads for scrape, whose threads share per-host politeness; prefork otherwise)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve this worker's Prometheus metrics on metrics.address:PORT (summed over its processes)")
     p.add_argument("--loglevel", default="INFO")
