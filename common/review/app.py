@@ -243,7 +243,8 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
             raise InputError("limit must be 1-200 and offset 0 or more")
         return f, limit, offset
 
-    def _queue(who: Principal, f: queries.QueueFilter, limit: int, offset: int) -> dict[str, Any]:
+    def _queue(who: Principal, f: queries.QueueFilter, limit: int, offset: int, *,
+               options: bool = True) -> dict[str, Any]:
         with db.session() as s:
             if db.dialect == "postgresql":  # count, page and progress from one snapshot
                 s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
@@ -251,7 +252,7 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
             items = queries.load_items(s, ids, who.reviewer_id, with_others=who.is_admin)
             return {"items": items, "total": total, "offset": offset, "limit": limit,
                     "progress": queries.progress(s, who.reviewer_id, required=settings.required),
-                    "options": queries.filter_options(s)}
+                    "options": queries.filter_options(s) if options else {}}
 
     @app.get("/", response_class=HTMLResponse)
     def queue_page(request: Request, who: PageUser) -> Response:
@@ -348,7 +349,7 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
     @app.get("/api/items")
     def api_items(request: Request, who: ApiUser) -> dict[str, Any]:
         f, limit, offset = _filter(request.query_params)
-        data = _queue(who, f, limit, offset)
+        data = _queue(who, f, limit, offset, options=False)
         return {"items": [i.as_dict() for i in data["items"]], "total": data["total"], "offset": offset,
                 "limit": limit, "progress": data["progress"], "filter": f.as_params()}
 

@@ -110,15 +110,15 @@ def _base(f: QueueFilter, reviewer_id: int, required: int) -> Select[Any]:
             cond.append(value <= f.score_max)
         q = q.where(exists().where(*cond))
     if f.mine != "all":
-        cur = _latest_reviews()
-        mine_decided = exists().where(cur.c.edit_id == Edit.id, cur.c.reviewer_id == reviewer_id,
-                                      cur.c.decision.in_(DECIDED))
+        # my current decision per edit: one index seek (reviewer_id, edit_id) per edit on both databases
+        mine = (select(Review.decision).where(Review.reviewer_id == reviewer_id, Review.edit_id == Edit.id)
+                .order_by(Review.id.desc()).limit(1).correlate(Edit).scalar_subquery())
         if f.mine == "done":
-            q = q.where(mine_decided)
+            q = q.where(mine.in_(DECIDED))
         else:
             counts = _decided_counts()
             q = (q.outerjoin(counts, counts.c.edit_id == Edit.id)
-                 .where(~mine_decided, func.coalesce(counts.c.n, 0) < required))
+                 .where(func.coalesce(mine, CLEARED).not_in(DECIDED), func.coalesce(counts.c.n, 0) < required))
     return q
 
 
