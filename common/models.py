@@ -155,6 +155,7 @@ class Analysis(Base):
     confidence: Mapped[float] = mapped_column(Float)
     feasibility: Mapped[str] = mapped_column(String(16))
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"), index=True)  # LoRA used, if any
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -181,6 +182,7 @@ class Edit(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"), index=True)  # LoRA used, if any
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -299,7 +301,50 @@ class ReviewLoginFailure(Base):
 
 
 # --- train (issue: flywheel) --------------------------------------------------------------
+
+
+#: what a train job fine-tunes
+TRAIN_TARGETS = ("edit", "vl", "character")
+
+
+class Snapshot(Base):
+    """A frozen training set: the accepted edit ids a train job reads, with their hash, so the
+    same job can be run again on exactly the same data (and exported for outside trainers)."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the sorted edit ids + selection
+    target: Mapped[str] = mapped_column(String(16), index=True)
+    edit_ids: Mapped[list[Any]] = mapped_column(JSON)  # sorted
+    size: Mapped[int] = mapped_column(Integer)
+    selection: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # source of decisions, exclusions
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Adapter(Base):
+    """A trained LoRA adapter, its files stored content-addressed, with how it was made."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(16), index=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    round: Mapped[int | None] = mapped_column(Integer)
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id"), index=True)
+    snapshot_sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the weights file
+    weights_uri: Mapped[str] = mapped_column(Text)
+    config_uri: Mapped[str] = mapped_column(Text)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    loss_curve: Mapped[list[Any]] = mapped_column(JSON)  # [[step, loss], ...]
+    steps: Mapped[int] = mapped_column(Integer)
+    train_seconds: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 # --- generate (issue: FLUX) ---------------------------------------------------------------
+
 
 #: how a lineage row's asset came to be
 ASSET_PROVENANCES = ("generated",)
@@ -327,7 +372,6 @@ class AssetLineage(Base):
 
 
 
-
 __all__ = [
     "FINAL_STATUSES",
     "RECIPES",
@@ -335,6 +379,8 @@ __all__ = [
     "DECISIONS",
     "EDIT_ORIGINS",
     "STATUSES",
+    "TRAIN_TARGETS",
+    "Adapter",
     "ASSET_PROVENANCES",
     "Analysis",
     "Asset",
@@ -351,5 +397,6 @@ __all__ = [
     "ReviewLoginFailure",
     "ReviewSession",
     "Reviewer",
+    "Snapshot",
     "utcnow",
 ]
