@@ -166,7 +166,7 @@ def collect_round(ctx: StageContext, r: int, adapter_id: int | None, edits: dict
         decision = fd.decision if fd is not None else None
         items.append({"item_set_id": item_set_id, "edit_id": edit_id, "decision": decision,
                       "source": fd.source if fd is not None else None,
-                      "reasons": list(reasons.get(edit_id) or []) if decision == "rejected" else [],
+                      "reasons": list(reasons.get(edit_id or -1) or []) if decision == "rejected" else [],
                       "metrics": metrics.get(edit_id, {}) if edit_id is not None else {},
                       "image_uri": uris.get(edit_id) if edit_id is not None else None})
     return {"round": r, "adapter": adapter_id, "items": items}
