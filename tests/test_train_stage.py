@@ -244,3 +244,31 @@ def test_cli_train_and_adapters_list(tiny, tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0]["hyperparameters"]["rank"] == 2 and rows[0]["steps"] == 3
     assert rows[0]["snapshot_sha256"] == queued["snapshot"]["sha256"] and rows[0]["target"] == "edit"
     assert main(["adapters", "list"]) == 0
+
+
+def test_export_snapshot_writes_what_the_job_trained_on_in_both_layouts(tiny, tmp_path: Path) -> None:
+    import datasets
+
+    from common.cli import main
+    from worker_train.snapshots import freeze
+
+    make_edits(tmp_path, tryon=3)
+    ids = accept_all(reject=1)
+    ctx = stage_ctx()
+    with ctx.db.session() as s:
+        snap = freeze(s, "edit")
+        snap_id = snap.id
+        prompts = {e: s.get(Analysis, s.get(Edit, e).analysis_id).edit_prompt for e in snap.edit_ids}
+    out = tmp_path / "snap"
+    assert main(["export", str(out), "--snapshot", str(snap_id)]) == 0
+    ds = datasets.load_dataset(str(out / "imagefolder"), split="train")
+    assert ds["edit_id"] == ids[1:] and ds["edit_prompt"] == [prompts[e] for e in ids[1:]]
+    assert {"input_image", "edited_image"} <= set(ds.column_names)
+    kit = out / "ai-toolkit"
+    names = sorted(p.stem for p in (kit / "target").glob("*.png"))
+    assert len(names) == 2 and names == sorted(p.stem for p in (kit / "control").glob("*.png"))
+    assert [(kit / "target" / f"{n}.txt").read_text().strip() for n in names] == [prompts[e] for e in ids[1:]]
+    assert sorted(p.stem for p in (kit / "control_2").glob("*.png")) == names  # the garment photos
+    assert json.loads((out / "snapshot.json").read_text())["edit_ids"] == ids[1:]
+    assert main(["export", str(out), "--snapshot", str(snap_id)]) == 0  # its own folder: written again
+    assert main(["export", str(out), "--snapshot", "999"]) == 2

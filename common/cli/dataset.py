@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common.cli.base import context, emit, unit_interval
+from common.cli.base import context, emit, positive, unit_interval
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -29,6 +29,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from common.export import export
 
     ctx = context()
+    if args.snapshot is not None:  # exactly what one train job read, for outside trainers
+        from common.export_snapshot import export_snapshot
+
+        done = export_snapshot(ctx.db, ctx.storage, args.snapshot, Path(args.out_dir))
+        emit(args, done, f"exported snapshot {args.snapshot} ({done['rows']} examples) to {args.out_dir}: "
+             "imagefolder/ (diffusers) and ai-toolkit/ (target, control folders, .txt captions)")
+        return 0
     report = export(ctx.db, ctx.storage, Path(args.out_dir), fmt=args.format, decision=args.decision,
                     min_confidence=args.min_confidence, settings=ctx.settings)
     tally = ", ".join(f"{k} {v}" for k, v in sorted(report.by_decision.items()))
@@ -60,5 +67,7 @@ def register(sub: Any) -> None:
     e.add_argument("--decision", choices=["accepted", "rejected", "all"], default="accepted",
                    help="accepted edits (default), rejected ones (preference negatives), or all, never-scored included")
     e.add_argument("--min-confidence", type=unit_interval, default=None)
+    e.add_argument("--snapshot", type=positive, default=None,
+                   help="write exactly the data train snapshot ID holds (imagefolder + ai-toolkit layout)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_export)
