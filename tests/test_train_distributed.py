@@ -70,3 +70,27 @@ def test_train_job_through_a_celery_worker(train_cluster: Cluster) -> None:
         assert adapter.snapshot_sha256 == queued["snapshot"]["sha256"] and adapter.hyperparameters["rank"] == 2
     listed = json.loads(c.cli("adapters", "list", "--json").stdout)["adapters"]
     assert [a["id"] for a in listed] == [adapter.id]
+
+
+def test_flywheel_with_workers(train_cluster: Cluster, tiny_models: dict[str, Path]) -> None:
+    c = train_cluster
+    c.env.update({"SYNTHPIPE_SCORE__SCORERS": "change,clip", "SYNTHPIPE_SCORE__CLIP_MODEL": str(tiny_models["clip"]),
+                  "SYNTHPIPE_IMAGES__MIN_SIDE": "32", "SYNTHPIPE_SCORE__TRYON__CLIP_DIRECTION_MIN": "-1",
+                  "SYNTHPIPE_SCORE__TRYON__CLIP_TEXT_MIN": "-1", "SYNTHPIPE_SCORE__TRYON__CLIP_IMAGE_MIN": "0.7"})
+    _photos(c, persons=3, garments=3)
+    c.cli("pair", "--recipe", "tryon", "--limit", "6", "--seed", "1")
+    for stage in ("vl", "edit", "score"):
+        c.worker(stage)
+    log = open(c.tmp / "worker-train.log", "wb")  # noqa: SIM115
+    c.workers.append(subprocess.Popen([sys.executable, "-m", "common.cli", "worker", "train"], env=c.env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    c.wait_done("vl", 6)
+    c.wait_done("score", c.counts("vl").get("succeeded", 0))
+    out = c.tmp / "fw"
+    run = c.cli("flywheel", "--rounds", "1", "--eval-sets", "4", "--out", str(out), "--steps", "4",
+                "--resolution", "64", "--timeout", "240", "--json")
+    report = json.loads(run.stdout)
+    assert [r["round"] for r in report["rounds"]] == [0, 1] and report["rounds"][1]["adapter"] is not None
+    assert all(r["eval_edits"] == 4 for r in report["rounds"]), report
+    assert c.counts("train") == {"succeeded": 1}
+    assert (out / "report.html").is_file()
