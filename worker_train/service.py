@@ -118,6 +118,11 @@ def _train(job: ClaimedJob, ctx: StageContext) -> Outcome:
         raise InputError(f"snapshot {p['snapshot_id']}: none of its {len(edit_ids)} edits gives a training example "
                          f"for {target} (see the warnings)",
                          code="train.no_examples")
+    from common.resident import on_device
+
+    held = on_device(ctx.settings.train.device, ctx.settings)
+    if held.exclusive:  # one model per card: the stages' resident models make room for training
+        held.clear()
     try:
         result = trainer.train(examples, work / "checkpoints")
         folder = trainer.save(work / "adapter")

@@ -46,7 +46,8 @@ def freeze(session: Session, target: str, *, exclude_item_sets: Iterable[int] = 
     excluded = sorted(set(exclude_item_sets))
     pairs = accepted_edits(session, exclude_item_sets=excluded)
     if not pairs:
-        raise InputError("no accepted edits to train on (score the edits, or review them, first)")
+        raise InputError("no accepted edits to train on (score the edits, or review them, first)",
+                         code="train.nothing_accepted")
     ids = [eid for eid, _ in pairs]
     sha = snapshot_hash(target, ids, excluded)
     existing = session.scalars(select(Snapshot).where(Snapshot.sha256 == sha)).first()
@@ -64,5 +65,5 @@ def freeze(session: Session, target: str, *, exclude_item_sets: Iterable[int] = 
 def get_snapshot(session: Session, snapshot_id: int) -> Snapshot:
     row = session.get(Snapshot, snapshot_id)
     if row is None:
-        raise InputError(f"snapshot {snapshot_id} does not exist")
+        raise InputError(f"snapshot {snapshot_id} does not exist", code="train.no_snapshot")
     return row
