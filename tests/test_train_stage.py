@@ -272,3 +272,39 @@ def test_export_snapshot_writes_what_the_job_trained_on_in_both_layouts(tiny, tm
     assert json.loads((out / "snapshot.json").read_text())["edit_ids"] == ids[1:]
     assert main(["export", str(out), "--snapshot", str(snap_id)]) == 0  # its own folder: written again
     assert main(["export", str(out), "--snapshot", "999"]) == 2
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_checkpoint_keeps_the_optimizer_state_without_pickle(tmp_path: Path, optimizer: str) -> None:
+    import torch
+
+    from worker_train import checkpoints
+    from worker_train.trainers.loop import Hyper, Runtime, make_optimizer
+
+    def fresh() -> tuple[torch.nn.Parameter, object]:
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(64, 64))
+        hp = Hyper(rank=1, lr=1e-2, steps=1)
+        return param, make_optimizer([param], hp, Runtime("cpu", torch.float32, optimizer))
+
+    def step(param: torch.nn.Parameter, opt: object, k: int) -> None:
+        torch.manual_seed(100 + k)
+        param.grad = torch.randn(64, 64)
+        opt.step()  # type: ignore[attr-defined]
+
+    straight, opt = fresh()
+    for k in range(4):
+        step(straight, opt, k)
+    resumed, opt2 = fresh()
+    for k in range(2):
+        step(resumed, opt2, k)
+    checkpoints.save(tmp_path, 2, {"w": resumed.data}, opt2.state_dict(), {"loss_curve": []})  # type: ignore[attr-defined]
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
+    ckpt = checkpoints.latest(tmp_path)
+    assert ckpt is not None and ckpt.step == 2
+    again, opt3 = fresh()
+    again.data.copy_(ckpt.weights["w"])
+    opt3.load_state_dict(ckpt.optimizer)  # type: ignore[attr-defined]
+    for k in range(2, 4):
+        step(again, opt3, k)
+    assert torch.allclose(again.data, straight.data, atol=1e-6)  # as if it had never stopped

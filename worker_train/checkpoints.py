@@ -29,25 +29,35 @@ class Checkpoint:
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Optimizer state as named tensors + JSON scalars; nested dicts (bitsandbytes keeps its
+    quantisation state in one) become ``/``-joined names."""
     import torch
 
     tensors: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}/{key}", sub)
+        elif isinstance(value, torch.Tensor):
+            tensors[prefix] = value.detach().contiguous().cpu()
+        else:
+            scalars[prefix] = value
+
     for idx, per_param in state_dict["state"].items():
-        for key, value in per_param.items():
-            name = f"{idx}/{key}"
-            if isinstance(value, torch.Tensor):
-                tensors[name] = value.detach().contiguous().cpu()
-            else:
-                scalars[name] = value
+        walk(str(idx), per_param)
     return tensors, {"scalars": scalars, "param_groups": state_dict["param_groups"]}
 
 
 def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        idx, _, key = name.partition("/")
-        state.setdefault(int(idx), {})[key] = value
+        idx, *path = name.split("/")
+        node = state.setdefault(int(idx), {})
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
