@@ -589,7 +589,12 @@ def load_settings(**overrides: Any) -> Settings:
             if err["type"] == "extra_forbidden":
                 loc = tuple(err["loc"])
                 var = ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
-                lines.append(f"{_key_name(loc)}: unknown setting{_did_you_mean(var)}")
+                where = _key_name(loc)
+                hint = _did_you_mean(var)
+                if hint and where.startswith(str(_toml_path())):  # suggest the toml key, not the variable
+                    parts = hint.removeprefix(" (did you mean ").removesuffix("?)")[len(ENV_PREFIX):].lower().split("__")
+                    hint = f" (did you mean [{parts[0]}] {'.'.join(parts[1:])}?)" if len(parts) > 1 else f" (did you mean {parts[0]}?)"
+                lines.append(f"{where}: unknown setting{hint}")
                 continue
             if err["type"] in ("literal_error", "enum") and "expected" in err.get("ctx", {}):
                 msg = f"must be one of {err['ctx']['expected']}"

@@ -203,7 +203,7 @@ def test_stages_chain_and_sigkill_mid_batch_finishes_exactly_once(cluster: Clust
 
 
 def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster) -> None:
-    from common.celery_app import TASK_NAMES
+    from common import stages
 
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "6", "--seed", "2")
@@ -222,7 +222,7 @@ def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster
     job_id = cluster.scalar(select(func.min(Job.id)).where(Job.stage == "vl"))
     env = dict(cluster.env)
     code = ("import sys; from common.celery_app import get_app; app = get_app(); "
-            f"[app.send_task({TASK_NAMES['vl']!r}, args=[{job_id}], queue='vl', routing_key='vl') for _ in range(2)]")
+            f"[app.send_task({stages.get('vl').task_name!r}, args=[{job_id}], queue='vl', routing_key='vl') for _ in range(2)]")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     time.sleep(3)
     assert cluster.scalar(select(func.count()).select_from(Analysis)) == rows_before

@@ -267,13 +267,13 @@ def test_settings_from_toml_and_unknown_keys(tmp_path: Path, monkeypatch: pytest
     assert s.database_url and s.database_url.startswith("sqlite:///")
     assert not s.distributed
     cfg.write_text("[edit]\nstepz = 7\n")
-    with pytest.raises(ConfigError, match=r"edit\.stepz .*unknown setting"):
+    with pytest.raises(ConfigError, match=r"synthpipe\.toml: \[edit\] stepz: unknown setting \(did you mean \[edit\] steps\?\)"):
         load_settings()
     cfg.write_text("")
     # names are checked against the registries at start-up, not by the first job that uses them
     for var, value, message in [
         ("SYNTHPIPE_EDIT__SCHEDULER", "bogus", r"edit\.scheduler \(SYNTHPIPE_EDIT__SCHEDULER\): unknown .*euler_ancestral"),
-        ("SYNTHPIPE_EDIT__BACKEND_TRYON", "bogus", r"edit\.backend_tryon .*allowed: instruct-pix2pix"),
+        ("SYNTHPIPE_EDIT__BACKEND_TRYON", "bogus", r"edit\.backend_tryon .*allowed: flux-kontext, instruct-pix2pix"),
         ("SYNTHPIPE_VL__BACKEND", "llava", r"vl\.backend .*allowed: qwen"),
         ("SYNTHPIPE_VL__DEVICE", "gpu", r"vl\.device .*cuda:N"),
         ("SYNTHPIPE_EDIT__DEVICE", "cuda:x", r"edit\.device"),

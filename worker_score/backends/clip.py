@@ -68,7 +68,12 @@ class ClipScorer(TorchScorer):
         if with_text:
             txt = self._text_embeds([self.source_caption] + [str(items[k].prompt) for k in with_text])
             source, target = txt[:1], txt[1:]
-            direction = cosine(after[with_text] - before[with_text], target - source)
+            delta = after[with_text] - before[with_text]
+            direction = cosine(delta, target - source)
+            # an unchanged image has no direction: what is left of its delta is float noise of
+            # the batched forward pass, whose cosine with anything is arbitrary
+            still = delta.float().norm(dim=-1) <= 1e-4 * before[with_text].float().norm(dim=-1)
+            direction = direction.masked_fill(still, 0.0)
             image_text = cosine(after[with_text], target)
             for j, k in enumerate(with_text):
                 results[k]["clip_direction"] = float(direction[j])
