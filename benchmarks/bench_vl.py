@@ -63,10 +63,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from common import samples
+    from common.prompts import render_for
     from common.schemas import analysis_json_schema
     from worker_vl.backends.base import VLItem
     from worker_vl.backends.qwen import QwenVLBackend
-    from common.prompts import render_for
     from worker_vl.tiny import build_tiny_vl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-vl-"))

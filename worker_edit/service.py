@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from common.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
 from common.adapters import materialize, resolve_adapter
+from common.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
 from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
