@@ -19,7 +19,7 @@ from common.storage import Storage
 
 #: the file name each target's weights are written under (the names their loaders look for)
 WEIGHTS_NAME = {"edit": "pytorch_lora_weights.safetensors", "vl": "adapter_model.safetensors",
-                "character": "pytorch_lora_weights.safetensors"}
+                "character": "pytorch_lora_weights.safetensors", "edit-plus": "pytorch_lora_weights.safetensors"}
 CONFIG_NAME = "adapter_config.json"
 
 
@@ -46,7 +46,8 @@ def resolve_adapter(session: Session, target: str, choice: str) -> AdapterRef | 
 
     if choice == "none":
         return None
-    setting = f"{target}.adapter (SYNTHPIPE_{target.upper()}__ADAPTER)"
+    setting = "edit.plus_adapter (SYNTHPIPE_EDIT__PLUS_ADAPTER)" if target == "edit-plus" \
+        else f"{target}.adapter (SYNTHPIPE_{target.upper()}__ADAPTER)"
     if choice == "latest":
         row = session.scalars(select(Adapter).where(Adapter.target == target).order_by(Adapter.id.desc())
                               .limit(1)).first()

@@ -304,7 +304,7 @@ class ReviewLoginFailure(Base):
 
 
 #: what a train job fine-tunes
-TRAIN_TARGETS = ("edit", "vl", "character")
+TRAIN_TARGETS = ("edit", "vl", "character", "edit-plus")
 
 
 class Snapshot(Base):

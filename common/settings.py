@@ -162,8 +162,9 @@ class EditSettings(Section):
     max_side: int = Field(512, ge=64, description="longest output side in pixels (multiple of 8)")
     negative_prompt: str | None = Field(None, description="negative prompt for every edit")
     adapter: str = Field("none", description="LoRA adapter of the InstructPix2Pix UNet: an adapter id, latest (newest edit adapter) or none")
+    plus_adapter: str = Field("none", description="LoRA adapter of the Qwen-Image-Edit Plus transformer (train edit-plus): an adapter id, latest (newest edit-plus adapter) or none")
 
-    @field_validator("adapter", "kontext_adapter")
+    @field_validator("adapter", "kontext_adapter", "plus_adapter")
     @classmethod
     def _adapter_choice(cls, value: str) -> str:
         return _check_adapter(value)

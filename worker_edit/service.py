@@ -120,6 +120,8 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
         # a job may name its adapter (the flywheel's rounds do); else the setting decides
         adapter = resolve_adapter(s, "edit", str(job.payload.get("adapter") or ctx.settings.edit.adapter)) \
             if name == "instruct-pix2pix" else None
+        if name == "qwen-image-edit-plus":  # a LoRA of the Plus transformer (train edit-plus)
+            adapter = resolve_adapter(s, "edit-plus", ctx.settings.edit.plus_adapter)
         if name == "flux-kontext":  # a FLUX transformer LoRA: a character adapter
             adapter = resolve_adapter(s, "character", str(job.payload.get("adapter") or ctx.settings.edit.kontext_adapter))
     members = view.members if name in MULTI_IMAGE_BACKENDS else view.members[:1]

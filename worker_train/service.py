@@ -40,7 +40,7 @@ def hyper_for(target: str, settings: Settings, **overrides: Any) -> Hyper:
     per_target: dict[str, Any] = {
         "edit": {"rank": t.edit_rank, "lr": t.edit_lr, "steps": t.edit_steps, "resolution": t.edit_resolution},
         "vl": {"rank": t.vl_rank, "lr": t.vl_lr, "steps": t.vl_steps, "resolution": t.vl_resolution},
-    }[target]
+    }[target if target != "edit-plus" else "edit"]
     hp = Hyper(**per_target, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every, seed=t.seed,
                conditioning_dropout=t.conditioning_dropout, gradient_checkpointing=t.gradient_checkpointing,
                optimizer=t.optimizer, device=t.device, dtype=t.dtype, quantization=t.vl_quantization)
@@ -48,6 +48,8 @@ def hyper_for(target: str, settings: Settings, **overrides: Any) -> Hyper:
 
 
 def base_model_for(target: str, settings: Settings) -> str:
+    if target == "edit-plus":
+        return str(settings.edit.plus_model)
     return settings.edit_model if target == "edit" else settings.vl_model
 
 
@@ -109,6 +111,12 @@ def _train(job: ClaimedJob, ctx: StageContext) -> Outcome:
 
         examples = edit_examples(ctx, edit_ids)
         trainer = EditLoRATrainer(p["base_model"], hp)
+    elif target == "edit-plus":
+        from worker_train.trainers.qwen_edit_lora import QwenEditPlusLoRATrainer, plus_examples
+
+        examples = plus_examples(ctx, edit_ids)
+        trainer = QwenEditPlusLoRATrainer(p["base_model"], hp, vae_image_area=ctx.settings.edit.plus_vae_image_area,
+                                          condition_image_area=ctx.settings.edit.plus_condition_image_area)
     else:
         from worker_train.trainers.vl_lora import VLLoRATrainer
 

@@ -140,6 +140,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
         condition_image_area: int | None = None,
         cpu_offload: bool = False,
         max_batch: int = 1,
+        adapter: str | None = None,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler {scheduler!r} is not supported; allowed: {', '.join(SCHEDULERS)}")
@@ -162,6 +163,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
         self.condition_image_area = condition_image_area
         self.cpu_offload = bool(cpu_offload)
         self.max_batch = int(max_batch)
+        self.adapter = adapter  # a folder holding a LoRA of the transformer (train edit-plus), or None
         super().__init__()
         self._module: Any = None
         self._areas: tuple[int | None, int | None] = (vae_image_area, condition_image_area)
@@ -197,6 +199,8 @@ class QwenImageEditPlusBackend(PipelineBackend):
             try:
                 processor = image_only_processor(root / "processor", tok_dir)
                 pipe = QwenImageEditPlusPipeline.from_pretrained(str(root), processor=processor, dtype=dtype)
+                if self.adapter:
+                    pipe.load_lora_weights(self.adapter)
             except (OSError, ValueError) as exc:
                 raise model_load_error(self.model, exc, "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)") from exc
             if self.cpu_offload and device.startswith("cuda"):
@@ -229,6 +233,7 @@ class QwenImageEditPlusBackend(PipelineBackend):
             "processor": "image-only Qwen2VLProcessor (PIL image processor + tokenizer)",
             "cpu_offload": self.cpu_offload,
             "max_batch": self.max_batch,
+            "adapter": self.adapter,
             "items_per_call": 1,
             "generator": "torch.Generator(cpu).manual_seed(item.seed), one call per item",
             **self.runtime_params(),
