@@ -112,7 +112,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     t = sub.add_parser("train", help="freeze a snapshot of the accepted set and queue one LoRA train job")
-    t.add_argument("target", choices=["edit", "vl", "character"],
+    t.add_argument("target", choices=["edit", "vl", "character", "edit-plus"],
                    help="edit: the InstructPix2Pix UNet; vl: the Qwen-VL model; character: a FLUX LoRA of one character")
     t.add_argument("--base", default=None,
                    help="base model id or folder (default: edit_model / vl_model / generate.model)")
@@ -125,7 +125,7 @@ def register(sub: Any) -> None:
     a = sub.add_parser("adapters", help="trained LoRA adapters")
     subs = a.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
     ls = subs.add_parser("list", help="every adapter, newest first")
-    ls.add_argument("--target", choices=["edit", "vl", "character"], default=None)
+    ls.add_argument("--target", choices=["edit", "vl", "character", "edit-plus"], default=None)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_adapters_list)
 
