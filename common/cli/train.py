@@ -86,6 +86,12 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 def cmd_flywheel(args: argparse.Namespace) -> int:
     from worker_train.flywheel import run_flywheel
 
+    if args.target == "character":
+        return _character_flywheel(args)
+    if args.character is not None or args.n is not None:
+        raise InputError("--character and --n are for `flywheel --target character`")
+    if args.eval_sets is None:
+        raise InputError("flywheel --target edit|vl needs --eval-sets N")
     ctx = context()
     out = Path(args.out)
     report = run_flywheel(ctx, rounds=args.rounds, eval_sets=args.eval_sets, out_dir=out, target=args.target,
@@ -98,6 +104,24 @@ def cmd_flywheel(args: argparse.Namespace) -> int:
         acc = c["acceptance"]
         lines.append(f"  round {c['round']} vs {c['against']}: acceptance "
                      + (f"{acc['diff']:+.3f} ({acc['verdict']})" if acc else "n/a"))
+    emit(args, report, "\n".join(lines))
+    return 0
+
+
+def _character_flywheel(args: argparse.Namespace) -> int:
+    from worker_train.character_flywheel import run_character_flywheel
+
+    if not args.character:
+        raise InputError("flywheel --target character needs --character ASSET (an asset id, sha256 or ingested path)")
+    ctx = context()
+    out = Path(args.out)
+    report = run_character_flywheel(ctx, character=args.character, rounds=args.rounds, n=args.n or 8, out_dir=out,
+                                    overrides=_overrides(args), timeout_s=args.timeout)
+    lines = [f"character flywheel (asset {report['character_asset_id']}): {out / 'report.json'}, {out / 'report.html'}"]
+    for r in report["rounds"]:
+        kept = "-" if r["identity_kept"] is None else f"{100 * r['identity_kept']:.1f} %"
+        lines.append(f"  round {r['round']} (adapter {r['adapter']}): {r['generated']} generated, "
+                     f"{r['accepted']} accepted, identity kept {kept} (goal >= 70 %)")
     emit(args, report, "\n".join(lines))
     return 0
 
@@ -132,9 +156,15 @@ def register(sub: Any) -> None:
     f = sub.add_parser("flywheel", help="rounds of train -> remake held-out sets -> score -> compare; "
                        "writes OUT/report.json and OUT/report.html")
     f.add_argument("--rounds", type=positive, required=True, help="rounds after round 0 (the base model)")
-    f.add_argument("--eval-sets", type=positive, required=True, help="held-out item sets, never trained on")
+    f.add_argument("--eval-sets", type=positive, default=None,
+                   help="held-out item sets, never trained on (edit, vl)")
     f.add_argument("--out", required=True, help="report folder (a rerun with the same folder continues)")
-    f.add_argument("--target", choices=["edit", "vl"], default="edit")
+    f.add_argument("--target", choices=["edit", "vl", "character"], default="edit",
+                   help="character: enrich -> character LoRA -> generate -> identity, per round")
+    f.add_argument("--character", default=None, metavar="ASSET",
+                   help="--target character: the character photo (asset id, sha256 or ingested path)")
+    f.add_argument("--n", type=positive, default=None,
+                   help="--target character: images generated per round (default 8, same seeds every round)")
     f.add_argument("--timeout", type=_positive_float, default=3600.0,
                    help="distributed mode: seconds to wait for the workers of one step")
     _train_flags(f)
