@@ -64,7 +64,10 @@ def test_character_flywheel_two_rounds_report_and_rerun(tiny_models: dict[str, P
              "--out", str(out), "--json"]
     assert main(flags) == 0
     capsys.readouterr()
-    report = json.loads((out / "report.json").read_text())
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"report.json holds {name}")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
     assert report["target"] == "character" and [r["round"] for r in report["rounds"]] == [1, 2]
     r1, r2 = report["rounds"]
     assert r1["adapter"] != r2["adapter"]
@@ -93,6 +96,9 @@ def test_character_flywheel_two_rounds_report_and_rerun(tiny_models: dict[str, P
             lo, hi = r["diversity_all"]["ci95"]
             assert lo <= r["diversity_all"]["mean"] <= hi
             assert r["diversity"]["images"] == r["accepted"]
+            assert r["diversity"]["pairs"] == r["accepted"] * (r["accepted"] - 1) // 2
+            if r["accepted"] < 2:
+                assert r["diversity"]["mean"] is None and r["diversity"]["ci95"] is None
             assert r["judge"] is None  # the judge was not among the scorers
             seeds.append([e.seed for e in edits])
         assert seeds[0] == seeds[1]  # round 2 generates again with the same seeds
@@ -101,7 +107,7 @@ def test_character_flywheel_two_rounds_report_and_rerun(tiny_models: dict[str, P
     assert comp["identity_kept"]["pairs"] == 3
     assert comp["identity_kept"]["diff"] == pytest.approx(r2["identity_kept"] - r1["identity_kept"])
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "identity kept" in page and "70 %" in page
+    assert page.count("data:image/png;base64,") >= 5 and "identity kept" in page and "70 %" in page
 
     counts = _counts(ctx)
     assert main(flags) == 0  # a rerun continues: nothing is queued or made again

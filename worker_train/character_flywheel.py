@@ -165,6 +165,15 @@ def _distances(uris: list[str], emb: dict[str, Any]) -> list[float]:
     return [round(1.0 - float((emb[a] * emb[b]).sum()), 6) for a, b in combinations(uris, 2)]
 
 
+def _ci(values: list[float], seed: int) -> list[float] | None:
+    """The bootstrap 95% interval of the mean, None without values (report.json stays plain JSON)."""
+    return bootstrap_ci(values, seed=seed) if values else None
+
+
+def _stats(values: list[float], seed: int) -> dict[str, Any]:
+    return {"mean": _summary(values, seed)["mean"] if values else None, "ci95": _ci(values, seed)}
+
+
 def _kept(item: dict[str, Any], limit: float | None) -> float | None:
     if item["edit_id"] is None:
         return None
@@ -185,7 +194,7 @@ def build_character_report(ctx: StageContext, state: dict[str, Any], results: li
         accepted = [i["image_uri"] for i in made if i["decision"] == "accepted"]
         every = [i["image_uri"] for i in made]
         acc_d, all_d = _distances(accepted, emb), _distances(every, emb)
-        judge = {m: _summary([i["metrics"][m] for i in made if m in i["metrics"]], seed)
+        judge = {m: _stats([i["metrics"][m] for i in made if m in i["metrics"]], seed)
                  for m in sorted({m for i in made for m in i["metrics"] if m.startswith("judge.")})}
         distances = [i["metrics"]["identity.identity_distance"] for i in made
                      if "identity.identity_distance" in i["metrics"]]
@@ -193,13 +202,13 @@ def build_character_report(ctx: StageContext, state: dict[str, Any], results: li
         rounds.append({
             "round": res["round"], "adapter": res["adapter"], "generated": len(made), "requested": len(items),
             "accepted": len(accepted), "with_face": sum(1 for i in made if i["metrics"].get("identity.faces_edited")),
-            "identity_max": limit, "identity_kept": share, "identity_kept_ci95": bootstrap_ci(kept, seed=seed),
+            "identity_max": limit, "identity_kept": share, "identity_kept_ci95": _ci(kept, seed),
             "identity_kept_goal": IDENTITY_KEPT_GOAL,
             "meets_goal": share is not None and share >= IDENTITY_KEPT_GOAL,
-            "identity_distance": _summary(distances, seed),
-            "diversity": {"mean": _summary(acc_d, seed)["mean"], "ci95": bootstrap_ci(acc_d, seed=seed),
+            "identity_distance": _stats(distances, seed),
+            "diversity": {**_stats(acc_d, seed),
                           "pairs": len(acc_d), "images": len(accepted)},
-            "diversity_all": {"mean": _summary(all_d, seed)["mean"], "ci95": bootstrap_ci(all_d, seed=seed),
+            "diversity_all": {**_stats(all_d, seed),
                               "pairs": len(all_d), "images": len(every)},
             "judge": judge or None,
             "images": [{"index": i["index"], "seed": i["seed"], "edit_id": i["edit_id"], "decision": i["decision"],
@@ -249,10 +258,13 @@ def write_character_report(ctx: StageContext, out_dir: Path, report: dict[str, A
     xs = [r["round"] for r in rounds]
     plots = [
         ("identity kept", _interval_plot("identity kept (bootstrap 95%)", xs, [r["identity_kept"] for r in rounds],
-                                         [r["identity_kept_ci95"] for r in rounds])),
-        ("diversity", _interval_plot("diversity of all generated (1 - DINOv2 cosine)", xs,
-                                     [r["diversity_all"]["mean"] for r in rounds],
-                                     [r["diversity_all"]["ci95"] for r in rounds])),
+                                         [r["identity_kept_ci95"] or [0.0, 0.0] for r in rounds])),
+        ("diversity (accepted)", _interval_plot("diversity of accepted generated (1 - DINOv2 cosine)", xs,
+                                                [r["diversity"]["mean"] for r in rounds],
+                                                [r["diversity"]["ci95"] or [0.0, 0.0] for r in rounds])),
+        ("diversity (all)", _interval_plot("diversity of all generated (1 - DINOv2 cosine)", xs,
+                                           [r["diversity_all"]["mean"] for r in rounds],
+                                           [r["diversity_all"]["ci95"] or [0.0, 0.0] for r in rounds])),
     ]
     rows = "".join(
         f"<tr><td>{r['round']}</td><td>{r['adapter']}</td><td>{r['generated']}/{r['requested']}</td>"
