@@ -158,12 +158,7 @@ class EditLoRATrainer:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
     def _indices(self, step: int) -> tuple[list[int], Any]:
-        import torch
-
-        gen = torch.Generator().manual_seed(self.hp.seed * 1_000_003 + step)
-        size = len(self.encoded)
-        picks = torch.randint(0, size, (min(self.hp.batch_size, max(size, 1)),), generator=gen).tolist()
-        return picks, gen
+        return loop.step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
 
     def fixed_batch_loss(self) -> float:
         """The loss on a fixed batch (the first examples, fixed noise, no dropout): comparable
@@ -178,14 +173,10 @@ class EditLoRATrainer:
 
     # ------------------------------------------------------------------ train
     def lora_weights(self) -> dict[str, Any]:
-        from peft import get_peft_model_state_dict
-
-        return dict(get_peft_model_state_dict(self.unet))
+        return loop.lora_state(self.unet)
 
     def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.unet, {k: v.to(self.rt.device) for k, v in weights.items()})
+        loop.load_lora_state(self.unet, weights, self.rt.device)
 
     def train(self, examples: list[EditExample], checkpoint_dir: Path) -> TrainResult:
         if self.unet is None:

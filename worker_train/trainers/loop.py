@@ -146,3 +146,30 @@ def run(
     eval_end = eval_loss()
     runtime = {"device": rt.device, "dtype": rt.dtype_name, "optimizer": rt.optimizer}
     return TrainResult(curve, hp.steps, round(elapsed(), 3), resumed, eval_start, eval_end, runtime)
+
+
+# --- what every LoRA trainer shares -------------------------------------------------------
+
+
+def step_batch(seed: int, step: int, batch_size: int, size: int) -> tuple[list[int], Any]:
+    """The example indices of optimizer step ``step`` and the generator that draws its noise:
+    seeded by the step, so a resumed run draws exactly what the uninterrupted one would."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    picks = torch.randint(0, max(size, 1), (min(batch_size, max(size, 1)),), generator=gen).tolist()
+    return picks, gen
+
+
+def lora_state(module: Any) -> dict[str, Any]:
+    """The LoRA weights of a PEFT-wrapped module (what a checkpoint holds)."""
+    from peft import get_peft_model_state_dict
+
+    return dict(get_peft_model_state_dict(module))
+
+
+def load_lora_state(module: Any, weights: dict[str, Any], device: str) -> None:
+    """Put checkpointed LoRA weights back into a PEFT-wrapped module on ``device``."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(module, {k: v.to(device) for k, v in weights.items()})

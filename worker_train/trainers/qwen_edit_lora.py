@@ -172,11 +172,7 @@ class QwenEditPlusLoRATrainer:
         return sum(losses[1:], losses[0]) / len(losses)
 
     def _indices(self, step: int) -> tuple[list[int], Any]:
-        import torch
-
-        gen = torch.Generator().manual_seed(self.hp.seed * 1_000_003 + step)
-        size = len(self.encoded)
-        return torch.randint(0, size, (min(self.hp.batch_size, size),), generator=gen).tolist(), gen
+        return loop.step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
 
     def fixed_batch_loss(self) -> float:
         """The loss on a fixed batch (the first examples, fixed noise and times), averaged over
@@ -190,14 +186,10 @@ class QwenEditPlusLoRATrainer:
 
     # ------------------------------------------------------------------ train
     def lora_weights(self) -> dict[str, Any]:
-        from peft import get_peft_model_state_dict
-
-        return dict(get_peft_model_state_dict(self.transformer))
+        return loop.lora_state(self.transformer)
 
     def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.transformer, {k: v.to(self.rt.device) for k, v in weights.items()})
+        loop.load_lora_state(self.transformer, weights, self.rt.device)
 
     def train(self, examples: list[PlusExample], checkpoint_dir: Path) -> TrainResult:
         if self.transformer is None:

@@ -175,14 +175,10 @@ class VLLoRATrainer:
             return float(sum(self.example_loss(i).item() for i in range(n)) / n)
 
     def lora_weights(self) -> dict[str, Any]:
-        from peft import get_peft_model_state_dict
-
-        return dict(get_peft_model_state_dict(self.model))
+        return loop.lora_state(self.model)
 
     def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(self.model, {k: v.to(self.rt.device) for k, v in weights.items()})
+        loop.load_lora_state(self.model, weights, self.rt.device)
 
     def train(self, examples: list[VLExample], checkpoint_dir: Path) -> TrainResult:
         if self.model is None:
