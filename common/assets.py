@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,12 +57,14 @@ def register_image_bytes(
     limits: ImageSettings,
     phash_threshold: int | None = None,
     colour_tolerance: int = 24,
+    near_among: Select[Any] | None = None,
 ) -> Registration:
     """Store ``data`` as a new asset unless it is refused or already stored.
 
     Exact duplicates (same sha256) are never stored twice; with ``phash_threshold``, neither
     are near duplicates: difference hash within that Hamming distance of a stored asset *and*
-    colours within ``colour_tolerance`` (so colour variants of one product are both kept).
+    colours within ``colour_tolerance`` (so colour variants of one product are both kept);
+    ``near_among`` limits the near-duplicate search to those asset ids.
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r} (allowed: {', '.join(ROLES)})")
@@ -74,7 +76,8 @@ def register_image_bytes(
     if existing is not None:
         return Registration("duplicate", asset_id=existing, reason="same content as a stored asset")
     if phash_threshold is not None:
-        near = find_near_duplicate(session, loaded.phash, loaded.colour, phash_threshold, colour_tolerance)
+        near = find_near_duplicate(session, loaded.phash, loaded.colour, phash_threshold, colour_tolerance,
+                                   among=near_among)
         if near is not None:
             return Registration("near_duplicate", asset_id=near,
                                 reason=f"within {phash_threshold} bits of asset {near}")
@@ -101,14 +104,19 @@ def _insert(session: Session, loaded: LoadedImage, uri: str, role: str, provenan
 
 
 def find_near_duplicate(session: Session, phash: str, colour: str, threshold: int, colour_tolerance: int, *,
-                        use_bands: bool = True) -> int | None:
+                        use_bands: bool = True, among: Select[Any] | None = None) -> int | None:
     """The id of the oldest stored asset that looks the same (shape and colour), if any.
+
+    ``among``, a select of asset ids, limits the search to those assets (the generate stage
+    compares an image only with the character's images from the same adapter).
 
     Up to ``BANDED_MAX_DISTANCE`` bits (the default threshold is 4) only assets sharing one of
     the hash's indexed bands are read; a larger threshold falls back to reading every hash, as
     does ``use_bands=False`` (benchmarks compare the two).
     """
     query = select(Asset.id, Asset.phash, Asset.colour).order_by(Asset.id)
+    if among is not None:
+        query = query.where(Asset.id.in_(among))
     if use_bands and threshold <= BANDED_MAX_DISTANCE:
         bands = phash_bands(phash)
         # rows without bands (stored by a worker older than migration 0003) are always candidates

@@ -198,7 +198,7 @@ class GenerateSettings(Section):
     lora_scale: float = Field(1.0, ge=0, description="weight of the character LoRA")
     trigger_word: str = Field("sks", min_length=1, description="the character's token when no adapter names one")
     prompt_template: str = Field("a photo of {trigger} person, {setting}, {lighting}, {style} style, {season}", description="text prompt; {trigger} and the keyword file's context axes are filled in")
-    phash_threshold: int | None = Field(4, ge=0, le=64, description="near-duplicate distance for generated images (none: exact duplicates only)")
+    phash_threshold: int | None = Field(4, ge=0, le=64, description="near-duplicate distance among the character's images from the same adapter (none: exact duplicates only)")
     identity_score: bool = Field(True, description="queue a score job (identity against the source photo) for every generated image")
 
     @field_validator("width", "height")

@@ -67,6 +67,18 @@ def test_banded_search_finds_what_a_full_scan_finds(db: Database) -> None:
     assert found > 100  # the comparison covered matches, not only misses
 
 
+def test_search_among_a_subset_sees_only_those_assets(db: Database) -> None:
+    rng = random.Random(3)
+    base = f"{rng.getrandbits(64):016x}"
+    with db.session() as s:
+        s.execute(insert(Asset), [_asset_row(i, _flip(base, i, rng)) for i in range(3)])
+        ids = list(s.scalars(select(Asset.id).order_by(Asset.id)))
+        assert find_near_duplicate(s, base, GREY, 4, 24) == ids[0]
+        later = select(Asset.id).where(Asset.id.in_(ids[1:]))
+        assert find_near_duplicate(s, base, GREY, 4, 24, among=later) == ids[1]
+        assert find_near_duplicate(s, base, GREY, 4, 24, among=select(Asset.id).where(Asset.id == -1)) is None
+
+
 def test_migration_fills_bands_of_assets_stored_before_it(db: Database) -> None:
     db.downgrade("0002")
     rows = [(f"{i:064x}", f"{random.Random(i).getrandbits(64):016x}") for i in range(5)]
