@@ -6,7 +6,9 @@ A stage opts in by naming a :class:`Phases` object in its registry entry (``Stag
 images, building prompts), ``run(prepared, ctx)`` is the model call, ``finish(ran, ctx)`` turns
 its outputs into one :class:`~common.jobs.Outcome` per job (encoding images, storage writes).
 The same stage's ``process_batch`` is ``finish(run(prepare(jobs)))``, so both paths give the
-same outcomes. Three threads; at most three batches are held at once (one being prepared or
+same outcomes. :func:`grouped_phases` builds the three from a stage's per-job parts for the
+usual shape (jobs grouped by the model they need, one ``run_batch`` per group): the VL, edit
+and generate stages use it. Three threads; at most three batches are held at once (one being prepared or
 waiting for the model, one on the model, one being recorded), each under its own lease
 heartbeat from claim to record. The model runs in the calling thread, where it was loaded.
 """
@@ -17,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,57 @@ class Phases:
     def whole(self, jobs: list[ClaimedJob], ctx: Any) -> list[Outcome]:
         """The phases one after another: the stage's plain ``process_batch``."""
         return self.finish(self.run(self.prepare(jobs, ctx), ctx), ctx)
+
+
+@dataclass
+class GroupedBatch:
+    """One batch between its phases: the jobs that could not be prepared (with their outcomes),
+    the rest grouped by the model they need, then each group's outputs, the backend's recorded
+    parameters and the seconds its ``run_batch`` took."""
+
+    jobs: list[ClaimedJob]
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    groups: dict[Hashable, list[Any]] = field(default_factory=dict)
+    outputs: dict[Hashable, tuple[list[Any], dict[str, Any], float]] = field(default_factory=dict)
+
+
+def grouped_phases(stage: str, *, prepare_one: Callable[[ClaimedJob, Any], Any], group_of: Callable[[Any], Hashable],
+                   backend_for: Callable[[Any, Any], Any],
+                   finish_group: Callable[[list[Any], list[Any], dict[str, Any], float, Any], list[Outcome]]) -> Phases:
+    """The phases of a stage whose jobs are prepared one by one (a job that cannot be fails
+    alone), grouped by ``group_of`` (backend, adapter), run one ``backend_for(key).run_batch``
+    per group (each prepared job has an ``item``), and finished a group at a time."""
+
+    def prepare(jobs: list[ClaimedJob], ctx: Any) -> GroupedBatch:
+        batch = GroupedBatch(list(jobs))
+        for job in jobs:
+            try:
+                p = prepare_one(job, ctx)
+            except Exception as exc:  # this job alone: input errors fail it, anything else is retried
+                log.warning("%s job %s could not be prepared: %s", stage, job.key, exc)
+                batch.outcomes[job.id] = Outcome.from_error(exc)
+            else:
+                batch.groups.setdefault(group_of(p), []).append(p)
+        return batch
+
+    def run(batch: GroupedBatch, ctx: Any) -> GroupedBatch:
+        for key, group in batch.groups.items():
+            backend = backend_for(key, ctx)  # loaded (once, resident) here, in the model thread
+            started = time.perf_counter()
+            outputs = backend.run_batch([p.item for p in group])
+            seconds = time.perf_counter() - started
+            params = backend.params() if hasattr(backend, "params") else {}
+            batch.outputs[key] = (outputs, params, seconds)
+        return batch
+
+    def finish(batch: GroupedBatch, ctx: Any) -> list[Outcome]:
+        for key, group in batch.groups.items():
+            outputs, params, seconds = batch.outputs[key]
+            for p, outcome in zip(group, finish_group(group, outputs, params, seconds, ctx), strict=True):
+                batch.outcomes[p.job.id] = outcome
+        return [batch.outcomes[j.id] for j in batch.jobs]
+
+    return Phases(prepare, run, finish)
 
 
 @dataclass

@@ -121,7 +121,7 @@ register(Stage("vl", "worker_vl.service:process_batch", "vl.analyze", "worker_vl
                help="vision-language analyses of item sets", phases="worker_vl.service:PHASES"))
 register(Stage("edit", "worker_edit.service:process_batch", "edit.apply", "worker_edit.tasks",
                batch_size_setting="edit.batch_size", holds_model=True, order=30,
-               help="diffusion edits of analysed item sets"))
+               help="diffusion edits of analysed item sets", phases="worker_edit.service:PHASES"))
 register(Stage("score", "worker_score.service:process_batch", "score.evaluate", "worker_score.tasks",
                batch_size_setting="score.batch_size", holds_model=True, order=40,
                help="scores and accept/reject decisions of edits"))
@@ -129,4 +129,5 @@ register(Stage("train", "worker_train.service:process_batch", "train.fit", "work
                holds_model=True, order=60, help="LoRA fine-tuning of the edit and VL models on snapshots"))
 register(Stage("generate", "worker_generate.service:process_batch", "generate.render", "worker_generate.tasks",
                batch_size_setting="generate.batch_size", holds_model=True, order=35,
-               help="text-to-image FLUX renders of a character (with its LoRA) as new character assets"))
+               help="text-to-image FLUX renders of a character (with its LoRA) as new character assets",
+               phases="worker_generate.service:PHASES"))

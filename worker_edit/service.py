@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis, Edit
+from common.overlap import grouped_phases
 from common.resident import on_device
 from common.runner import StageContext
 from common.scorequeue import queue_score
@@ -84,26 +84,24 @@ class _Prepared:
     adapter_path: str | None = None
 
 
+def _finish_group(group: list[_Prepared], outputs: list[EditOutput], params: dict[str, Any], batch_s: float,
+                  ctx: StageContext) -> list[Outcome]:
+    """Encode and store every image of one (backend, adapter) group, with its edit row."""
+    return [_finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(group))
+            for p, out in zip(group, outputs, strict=True)]
+
+
+#: the stage cut where the model call begins and ends (``common.overlap``): rows and photos are
+#: read and decoded per job, then one ``run_batch`` per (backend, adapter) group
+PHASES = grouped_phases("edit", prepare_one=lambda job, ctx: _prepare(job, ctx),
+                        group_of=lambda p: (p.backend, p.adapter_path),
+                        backend_for=lambda key, ctx: resident_backend(key[0], ctx.settings, key[1]),
+                        finish_group=_finish_group)
+
+
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
     """Edit each job's photo as its analysis says; one outcome per job, in order."""
-    outcomes: dict[int, Outcome] = {}
-    groups: dict[tuple[str, str | None], list[_Prepared]] = {}
-    for job in jobs:
-        try:
-            p = _prepare(job, ctx)
-            groups.setdefault((p.backend, p.adapter_path), []).append(p)
-        except Exception as exc:  # this job alone: input errors fail it, anything else is retried
-            log.warning("%s job %s could not be prepared: %s", "edit", job.key, exc)
-            outcomes[job.id] = Outcome.from_error(exc)
-    for (name, adapter), prepared in groups.items():
-        backend = resident_backend(name, ctx.settings, adapter)
-        started = time.perf_counter()
-        outputs = backend.run_batch([p.item for p in prepared])
-        batch_s = time.perf_counter() - started
-        params = backend.params()
-        for p, out in zip(prepared, outputs, strict=True):
-            outcomes[p.job.id] = _finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(prepared))
-    return [outcomes[j.id] for j in jobs]
+    return PHASES.whole(jobs, ctx)
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:

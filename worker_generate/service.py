@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from common.errors import InputError, TransientError
 from common.images import load_image
 from common.jobs import ClaimedJob, Outcome
 from common.models import Adapter, Asset, AssetLineage, Edit, ItemSet, ItemSetAsset
+from common.overlap import grouped_phases
 from common.resident import on_device
 from common.runner import StageContext
 from common.settings import Settings
@@ -138,27 +138,24 @@ def resident_backend(settings: Settings, adapter_path: str | None) -> Any:
         (BACKEND, *sorted(opts.items())), lambda: get_backend(BACKEND, **opts), label=f"flux {opts['model']}")
 
 
+def _finish_group(group: list[_Prepared], outputs: list[GenerateOutput], params: dict[str, Any], batch_s: float,
+                  ctx: StageContext) -> list[Outcome]:
+    """Deduplicate and store every image of one adapter group, with its lineage and edit rows."""
+    made: dict[str, int] = {}  # sha256 -> job id, for repeats inside this batch
+    return [_finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(group), made=made)
+            for p, out in zip(group, outputs, strict=True)]
+
+
+#: the stage cut where the model call begins and ends (``common.overlap``)
+PHASES = grouped_phases("generate", prepare_one=lambda job, ctx: _prepare(job, ctx),
+                        group_of=lambda p: p.adapter_path,
+                        backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),
+                        finish_group=_finish_group)
+
+
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
     """Render each job's prompt; one outcome per job, in order."""
-    outcomes: dict[int, Outcome] = {}
-    groups: dict[str | None, list[_Prepared]] = {}
-    for job in jobs:
-        try:
-            p = _prepare(job, ctx)
-            groups.setdefault(p.adapter_path, []).append(p)
-        except Exception as exc:  # this job alone
-            log.warning("generate job %s could not be prepared: %s", job.key, exc)
-            outcomes[job.id] = Outcome.from_error(exc)
-    for adapter_path, prepared in groups.items():
-        backend = resident_backend(ctx.settings, adapter_path)
-        started = time.perf_counter()
-        outputs = backend.run_batch([p.item for p in prepared])
-        batch_s = time.perf_counter() - started
-        params = backend.params()
-        made: dict[str, int] = {}  # sha256 -> job id, for repeats inside this batch
-        for p, out in zip(prepared, outputs, strict=True):
-            outcomes[p.job.id] = _finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(prepared), made=made)
-    return [outcomes[j.id] for j in jobs]
+    return PHASES.whole(jobs, ctx)
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:

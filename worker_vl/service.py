@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +20,7 @@ from common.errors import InputError, ModelOutputError
 from common.itemsets import ItemSetView, load_member_images, read_item_set
 from common.jobs import ClaimedJob, Outcome
 from common.models import Analysis
-from common.overlap import Phases
+from common.overlap import grouped_phases
 from common.prompts import render_for
 from common.resident import on_device
 from common.runner import StageContext
@@ -69,51 +68,18 @@ class _Prepared:
     adapter_path: str | None = None
 
 
-@dataclass
-class _Batch:
-    """One batch between its phases: what was prepared, then what the model said."""
-
-    jobs: list[ClaimedJob]
-    outcomes: dict[int, Outcome]
-    groups: dict[str | None, list[_Prepared]]
-    outputs: dict[str | None, tuple[list[VLOutput], float]] = field(default_factory=dict)
+def _finish_group(group: list[_Prepared], outputs: list[VLOutput], params: dict[str, Any], batch_s: float,
+                  ctx: StageContext) -> list[Outcome]:
+    """Parse, gate and prepare the rows of every output of one adapter group."""
+    return [_finish(p, out, ctx.settings, batch_s=batch_s, batch_size=len(group))
+            for p, out in zip(group, outputs, strict=True)]
 
 
-def prepare_batch(jobs: list[ClaimedJob], ctx: StageContext) -> _Batch:
-    """Rows, images and prompts of each job (CPU work); a job that cannot be prepared fails alone."""
-    outcomes: dict[int, Outcome] = {}
-    groups: dict[str | None, list[_Prepared]] = {}
-    for job in jobs:
-        try:
-            p = _prepare(job, ctx)
-            groups.setdefault(p.adapter_path, []).append(p)
-        except Exception as exc:  # this job alone: input errors fail it, anything else is retried
-            log.warning("%s job %s could not be prepared: %s", "vl", job.key, exc)
-            outcomes[job.id] = Outcome.from_error(exc)
-    return _Batch(jobs, outcomes, groups)
-
-
-def run_prepared(batch: _Batch, ctx: StageContext) -> _Batch:
-    """One constrained ``generate`` per adapter group: the model's part of the batch."""
-    for adapter, group in batch.groups.items():
-        backend = resident_backend(ctx.settings, adapter)
-        started = time.perf_counter()
-        outputs = backend.run_batch([p.item for p in group])
-        batch.outputs[adapter] = (outputs, time.perf_counter() - started)
-    return batch
-
-
-def finish_batch(batch: _Batch, ctx: StageContext) -> list[Outcome]:
-    """Parse, gate and prepare the rows of every output; one outcome per job, in order."""
-    for adapter, group in batch.groups.items():
-        outputs, batch_s = batch.outputs[adapter]
-        for p, out in zip(group, outputs, strict=True):
-            batch.outcomes[p.job.id] = _finish(p, out, ctx.settings, batch_s=batch_s, batch_size=len(group))
-    return [batch.outcomes[j.id] for j in batch.jobs]
-
-
-#: the stage cut where the model call begins and ends (``common.overlap``)
-PHASES = Phases(prepare_batch, run_prepared, finish_batch)
+#: the stage cut where the model call begins and ends (``common.overlap``): rows, images and
+#: prompts are prepared per job, then one constrained ``generate`` per adapter group
+PHASES = grouped_phases("vl", prepare_one=lambda job, ctx: _prepare(job, ctx), group_of=lambda p: p.adapter_path,
+                        backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),
+                        finish_group=_finish_group)
 
 
 def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
