@@ -116,6 +116,7 @@ class OverlapStats:
     model_s: float = 0.0
     batches: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    job_ids: list[int] = field(default_factory=list)  # every job claimed, in claim order
 
     @property
     def model_busy_share(self) -> float:
@@ -126,8 +127,15 @@ _DONE = object()
 
 
 def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size: int,
-                   max_jobs: int | None = None, timing: OverlapStats | None = None) -> RunStats:
-    """Process ``stage`` until nothing of it is claimable, three batches in flight at most."""
+                   max_jobs: int | None = None, timing: OverlapStats | None = None,
+                   first: list[ClaimedJob] | None = None, claim_until: float | None = None) -> RunStats:
+    """Process ``stage`` until nothing of it is claimable, three batches in flight at most.
+
+    ``first``: a batch already claimed (a Celery task's named job and its companions), run
+    before anything else is claimed; ``max_jobs`` counts it. ``claim_until``: a
+    ``time.monotonic()`` after which no new batch is claimed (what is held is still finished).
+    """
+    from common.extras import missing_extra
     from common.runner import RunStats, _Heartbeat
 
     total = RunStats()
@@ -143,6 +151,12 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
         log.exception("%s batch of %d failed as a whole in %s", stage, len(batch.claimed), phase)
         batch.outcomes = [Outcome.from_error(exc) for _ in batch.claimed]
 
+    def runner_fault(exc: BaseException) -> ConfigError | None:
+        """A misconfigured runner or a missing extra: not the jobs' fault."""
+        if isinstance(exc, ConfigError):
+            return exc
+        return missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
+
     def give_back(batch: _Batch, exc: ConfigError) -> None:
         released = jobstore.release(ctx.db, batch.claimed, exc)
         log.error("%s: %s; %d job(s) back in the queue", stage, exc, len(released))
@@ -152,25 +166,33 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
 
     def producer() -> None:
         claimed_so_far = 0
+        given = list(first) if first else None
         try:
             while not stop.is_set() and (max_jobs is None or claimed_so_far < max_jobs):
                 in_flight.acquire()
-                jobstore.requeue_expired(ctx.db, stage)
-                n = batch_size if max_jobs is None else min(batch_size, max_jobs - claimed_so_far)
-                claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker) if not stop.is_set() else []
+                if given is not None:
+                    claimed, given = given, None
+                elif stop.is_set() or (claim_until is not None and time.monotonic() >= claim_until):
+                    claimed = []
+                else:
+                    jobstore.requeue_expired(ctx.db, stage)
+                    n = batch_size if max_jobs is None else min(batch_size, max_jobs - claimed_so_far)
+                    claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker)
                 if not claimed:
                     in_flight.release()
                     break
                 claimed_so_far += len(claimed)
+                timing.job_ids.extend(j.id for j in claimed)
                 batch = _Batch(claimed, _Heartbeat(ctx.db, claimed, ctx.settings.jobs.lease_s).__enter__(),
                                time.perf_counter())
                 try:
                     batch.state = phases.prepare(list(claimed), ctx)
-                except ConfigError as exc:
-                    give_back(batch, exc)
-                    in_flight.release()
-                    return
                 except Exception as exc:
+                    fault = runner_fault(exc)
+                    if fault is not None:
+                        give_back(batch, fault)
+                        in_flight.release()
+                        return
                     fail_whole(batch, exc, "prepare")
                 ready.put(batch)
         except BaseException as exc:  # the store broke: stop the pipeline, say why
@@ -205,6 +227,7 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
                         broken = Outcome.from_error(exc)
                         stats.add(metrics.job_recorded(stage, jobstore.record(ctx.db, job, broken), broken))
                 metrics.batch_done(stage, len(batch.claimed), outcomes, time.perf_counter() - batch.started)
+                log.info("%s: batch of %d → %s (overlapped)", stage, len(batch.claimed), stats.by_status)
                 with lock:
                     total.merge(stats)
                     timing.batches += 1
@@ -220,6 +243,7 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
                threading.Thread(target=recorder, name=f"{stage}-record", daemon=True)]
     for t in threads:
         t.start()
+    current: _Batch | None = None  # the batch on the model, until handed to the recorder
     try:
         while True:  # the model thread: this one, where the backend was loaded
             batch = ready.get()
@@ -230,20 +254,27 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
                 batch.heartbeat.__exit__(None, None, None)
                 in_flight.release()
                 continue
+            current = batch
             if batch.outcomes is None:
                 t0 = time.perf_counter()
                 try:
                     batch.state = phases.run(batch.state, ctx)
-                except ConfigError as exc:
-                    give_back(batch, exc)
-                    in_flight.release()
-                    continue
                 except Exception as exc:
+                    fault = runner_fault(exc)
+                    if fault is not None:
+                        current = None
+                        give_back(batch, fault)
+                        in_flight.release()
+                        continue
                     fail_whole(batch, exc, "run")
                 timing.model_s += time.perf_counter() - t0
             ran.put(batch)
+            current = None
     except BaseException:  # interrupted on the model: let the producer stop, hand nothing more over
         stop.set()
+        if current is not None:  # its heartbeat stops: the leases expire and the jobs come back
+            current.heartbeat.__exit__(None, None, None)
+            in_flight.release()
         while (left := ready.get()) is not _DONE:
             left.heartbeat.__exit__(None, None, None)  # its leases expire and the jobs come back
             in_flight.release()

@@ -76,7 +76,9 @@ class JobSettings(Section):
     max_attempts: int = Field(3, ge=1, description="attempts before a job ends in dead")
     backoff_base_s: float = Field(5.0, ge=0, description="first retry delay; doubles each attempt")
     backoff_max_s: float = Field(600.0, ge=0, description="longest retry delay")
-    overlap: bool = Field(False, description="local runner: claim and prepare the next batch and record the last one while the model runs (stages with phases: vl)")
+    overlap: bool = Field(False, description="claim and prepare the next batch and record the last one while the model runs (local runner and Celery workers; stages with phases: vl, edit, generate)")
+    overlap_batches: int = Field(8, ge=1, description="a Celery task that overlaps claims at most this many batches before it returns")
+    overlap_task_share: float = Field(0.5, gt=0, le=0.9, description="... and claims no new batch after this share of celery.soft_time_limit_s")
 
 
 class ImageSettings(Section):

@@ -6,6 +6,10 @@
 - ``run_job(stage, job_id)``: what every Celery task does: claim the named job plus up to B-1
   more of the stage, run them as one batch through the same stage function as local mode,
   record. A message whose job is already done or held elsewhere claims nothing new: a no-op.
+  With ``jobs.overlap`` a stage with phases goes on claiming (up to ``jobs.overlap_batches``
+  batches, for at most ``jobs.overlap_task_share`` of the soft time limit) so that batch k+1
+  is prepared and k-1 recorded while the model runs batch k; the messages of the jobs it took
+  find them done.
 - ``sweep(stage)``: return expired leases to the queue and resend messages of queued jobs
   untouched for ``celery.resend_after_s`` (lost with a broker that restarted empty, say).
 """
@@ -145,6 +149,18 @@ def run_job(stage: str, job_id: int) -> dict[str, Any]:
     if not claimed:
         log.info("%s job %s: nothing to claim (done, held elsewhere, or backing off)", stage, job_id)
         return {"job_id": job_id, "claimed": 0}
-    stats = run_claimed(stage, claimed, ctx)
+    phases = stages.get(stage).phases_object() if ctx.settings.jobs.overlap else None
+    if phases is None:
+        stats = run_claimed(stage, claimed, ctx)
+        ids = [j.id for j in claimed]
+    else:  # go on claiming: batch k+1 is prepared and k-1 recorded while the model runs k
+        from common.overlap import OverlapStats, run_overlapped
+
+        timing = OverlapStats()
+        limit = ctx.settings.celery.soft_time_limit_s * ctx.settings.jobs.overlap_task_share
+        stats = run_overlapped(stage, phases, ctx, batch_size=size, first=claimed, timing=timing,
+                               max_jobs=size * ctx.settings.jobs.overlap_batches,
+                               claim_until=time.monotonic() + limit)
+        ids = timing.job_ids
     return {"job_id": job_id, "claimed": stats.claimed, "recorded": stats.by_status, "lost": stats.lost,
-            "seconds": round(time.perf_counter() - started, 3), "jobs": [j.id for j in claimed]}
+            "seconds": round(time.perf_counter() - started, 3), "jobs": ids}

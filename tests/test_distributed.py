@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,14 +185,14 @@ def _one_analysis_per_job(c: Cluster) -> None:
 def test_stages_chain_and_sigkill_mid_batch_finishes_exactly_once(cluster: Cluster) -> None:
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "6", "--seed", "1")  # sends 6 vl messages
-    doomed = cluster.worker("vl")
+    doomed = cluster.worker("vl", "--overlap")  # killed holding up to three batches
     _wait(lambda: cluster.counts("vl").get("running", 0) > 0, 90, "a vl job to start")
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait()
     held = cluster.counts("vl").get("running", 0)
     assert held > 0, "the worker was killed holding no job"
-    cluster.worker("vl")
-    cluster.worker("edit")
+    cluster.worker("vl", "--overlap")
+    cluster.worker("edit", "--overlap")
     vl = cluster.wait_done("vl", 6)
     assert vl.get("succeeded", 0) + vl.get("skipped", 0) == 6, vl
     _one_analysis_per_job(cluster)
@@ -200,6 +201,9 @@ def test_stages_chain_and_sigkill_mid_batch_finishes_exactly_once(cluster: Clust
     cluster.wait_done("edit", n_edits)
     assert cluster.scalar(select(func.count()).select_from(Edit)) == n_edits
     assert cluster.counts("edit").get("succeeded") == n_edits
+    logs = cluster.logs()
+    for stage in ("vl", "edit"):  # the recovering workers ran their batches overlapped
+        assert re.search(stage + r": batch of \d+ → .*\(overlapped\)", logs), logs
 
 
 def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster) -> None:

@@ -145,3 +145,32 @@ def test_a_phase_that_breaks_fails_its_batch_alone_and_a_config_error_gives_jobs
     row = next(r for r in jobstore.list_jobs(ctx.db, stage="toy") if r["id"] == cfg)
     assert row["status"] == "queued"  # the runner was misconfigured, not the job: given back
     assert jobstore.counts(ctx.db)["toy"]["running"] == 0  # nothing left held
+
+
+def test_a_given_first_batch_runs_first_and_claiming_stops_at_the_limits(ctx: StageContext) -> None:
+    """What a Celery task does: its named batch first, then more claims, up to ``max_jobs`` and
+    not after ``claim_until``; a missing extra gives the batch back like a misconfiguration."""
+    _enqueue(ctx, ["ok"] * 8)
+    named = jobstore.claim(ctx.db, "toy", 2, worker="w", ids=[6])
+    assert 6 in {j.id for j in named} and len(named) == 2
+    timing = OverlapStats()
+    stats = run_overlapped("toy", PHASES, ctx, batch_size=2, first=named, max_jobs=6, timing=timing)
+    assert stats.claimed == 6 and timing.batches == 3
+    assert timing.job_ids[:2] == [j.id for j in named]  # the given batch was prepared first
+    assert jobstore.counts(ctx.db)["toy"]["queued"] == 2  # max_jobs counted the given batch
+    past = OverlapStats()
+    stats = run_overlapped("toy", PHASES, ctx, batch_size=2, claim_until=time.monotonic() - 1, timing=past)
+    assert stats.claimed == 0 and past.job_ids == []  # past the deadline nothing new is claimed
+    given = jobstore.claim(ctx.db, "toy", 2, worker="w")
+    stats = run_overlapped("toy", PHASES, ctx, batch_size=2, first=given, claim_until=time.monotonic() - 1)
+    assert stats.by_status == {"succeeded": 2}  # ... but what the task already holds is finished
+
+    def needs_extra(jobs: list[ClaimedJob], ctx: Any) -> Any:
+        raise ModuleNotFoundError("No module named 'diffusers'", name="diffusers")
+
+    with ctx.db.session() as s:
+        extra = jobstore.enqueue(s, "toy", "toy:extra", {"do": "ok", "n": 99})
+    with pytest.raises(ConfigError, match="extra"):
+        run_overlapped("toy", Phases(prepare, needs_extra, finish), ctx, batch_size=2)
+    row = next(r for r in jobstore.list_jobs(ctx.db, stage="toy") if r["id"] == extra)
+    assert row["status"] == "queued" and jobstore.counts(ctx.db)["toy"]["running"] == 0

@@ -110,6 +110,61 @@ def test_a_toy_stage_runs_through_a_real_celery_worker(tmp_path: Path, pg_url: s
     assert b"toy.square" in (tmp_path / "worker.log").read_bytes()  # the generic task ran
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_an_overlapping_celery_worker_prepares_the_next_batch_while_the_model_runs(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One task of a ``--overlap`` worker drains several batches, batch k+1 prepared while k runs;
+    the messages of the jobs it took find them done and claim nothing."""
+    from test_distributed import RedisServer, _wait
+
+    from common.db import Database
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    Database(pg_url).upgrade()
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = _env(tmp_path, SYNTHPIPE_PLUGINS="toy_phased", SYNTHPIPE_DATABASE_URL=pg_url,
+               SYNTHPIPE_BROKER_URL=redis.url, SYNTHPIPE_JOBS__OVERLAP_BATCHES="4")
+    refused = _cli(env, "worker", "scrape", "--overlap")  # a stage without phases says so
+    assert refused.returncode == 2 and "--overlap does not apply to scrape" in refused.stderr
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "common.cli", "worker", "toyp", "--overlap"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    engine = create_engine(pg_url)
+    n_jobs = 6
+    try:
+        code = ("import toy_phased; from common.cli.base import context; from common import jobs; ctx = context()\n"
+                f"with ctx.db.session() as s:\n    [jobs.enqueue(s, 'toyp', f'toyp:{{n}}', {{'n': n}}) "
+                f"for n in range({n_jobs})]")
+        producer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert producer.returncode == 0, producer.stderr
+
+        def finished() -> bool:
+            with engine.connect() as c:
+                return c.execute(select(Job.status).where(Job.stage == "toyp")).scalars().all().count(
+                    "succeeded") == n_jobs
+        _wait(finished, 120, "the overlapping worker to finish its jobs")
+        # every message has been handled once the last no-op is logged; wait for the log to say so
+        _wait(lambda: (tmp_path / "worker.log").read_bytes().count(b"nothing to claim") >= 1, 60,
+              "a message to find its job done")
+        with engine.connect() as c:
+            results = sorted((r for r in c.execute(select(Job.result, Job.attempts).where(Job.stage == "toyp"))),
+                             key=lambda r: r.result["ran"][0])
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+        redis.kill()
+        engine.dispose()
+    assert all(r.attempts == 1 for r in results)  # each job ran exactly once
+    assert len({r.result["pid"] for r in results}) == 1
+    overlapped = sum(1 for a, b in zip(results, results[1:], strict=False)
+                     if b.result["prepared"][0] < a.result["ran"][1] and b.result["prepared"][1] > a.result["ran"][0])
+    assert overlapped >= n_jobs // 2, [r.result for r in results]  # k+1 was prepared while k was on the model
+    text = (tmp_path / "worker.log").read_text()
+    assert text.count("(overlapped)") == n_jobs  # one line per batch of one, all from overlapped runs
+
+
 def test_main_can_be_called_repeatedly_in_one_process(tmp_path: Path) -> None:
     code = "from common.cli import main; main(['status']); main(['status', '--json']); main(['jobs', 'list'])"
     out = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=60)

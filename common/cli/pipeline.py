@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = context()
     if args.concurrency is not None:
         ctx.settings.scrape.concurrency = args.concurrency
+    if args.overlap:
+        ctx.settings.jobs.overlap = True
     chosen = stages.names() if args.stage == "all" else (args.stage,)
     results = run_all(ctx, chosen)
     summary = {s: {"claimed": r.claimed, **r.by_status} for s, r in results.items()}
@@ -96,6 +98,8 @@ def register(sub: Any) -> None:
     run.add_argument("--stage", choices=stage_choices(with_all=True), default="all")
     run.add_argument("--concurrency", type=positive, default=None,
                      help="sites crawled at once (default: scrape.concurrency)")
+    run.add_argument("--overlap", action="store_true",
+                     help="prepare batch k+1 and record k-1 while the model runs k (vl, edit, generate; jobs.overlap)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=cmd_run)
 

@@ -22,6 +22,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if stage.batch_size_setting is None:
             raise InputError(f"--batch-size does not apply to {stage.name} workers (one job per batch)")
         os.environ["SYNTHPIPE_" + stage.batch_size_setting.upper().replace(".", "__")] = str(args.batch_size)
+    if args.overlap:
+        if stage.phases is None:
+            raise InputError(f"--overlap does not apply to {stage.name} workers (the stage has no model phases)")
+        os.environ["SYNTHPIPE_JOBS__OVERLAP"] = "true"
     from celery import signals
 
     from common.celery_app import get_app, task_for
@@ -76,6 +80,9 @@ def register(sub: Any) -> None:
     p.add_argument("stage", choices=stage_choices())
     p.add_argument("--gpu", type=int, default=None, help="pin this worker to GPU I (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--batch-size", type=positive, default=None, help="jobs per model call (model stages)")
+    p.add_argument("--overlap", action="store_true",
+                   help="each task goes on claiming: batch k+1 is prepared and k-1 recorded while the model runs k "
+                        "(stages with phases: vl, edit, generate; jobs.overlap)")
     p.add_argument("--concurrency", type=positive, default=1,
                    help="processes; model workers keep 1 per GPU (each process loads its own model)")
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
