@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FilePath,
@@ -53,6 +54,14 @@ def _check_device(value: str) -> str:
 
 #: a device name, checked when settings load (that the machine has it is checked at model load)
 Device = Annotated[str, AfterValidator(_check_device)]
+
+
+def _split_commas(value: Any) -> Any:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+#: a list given as ``a,b,c`` in an environment variable (or as a list in the TOML file)
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
 
 
 def _check_name(value: str, registry: Any, what: str) -> str:
@@ -292,7 +301,7 @@ class EnrichThresholds(ScoreThresholds):
 
 
 class ScoreSettings(Section):
-    scorers: Annotated[list[str], NoDecode] = Field(["change", "identity", "clip", "dino", "garment"], description="scorers every edit gets, comma-separated (change, identity, clip, dino, garment, judge)")
+    scorers: CommaList = Field(["change", "identity", "clip", "dino", "garment"], description="scorers every edit gets, comma-separated (change, identity, clip, dino, garment, judge)")
     batch_size: int = Field(8, ge=1, description="edits per score batch (one forward pass per scorer)")
     device: Device = Field("auto", description="device the scorer models run on")
     clip_model: str = Field("openai/clip-vit-large-patch14", description="hub id or local directory of the CLIP checkpoint")
@@ -305,13 +314,6 @@ class ScoreSettings(Section):
     face_max_side: int = Field(1024, ge=64, description="photos are shrunk to this longest side before face detection")
     tryon: ScoreThresholds = ScoreThresholds()
     enrich: EnrichThresholds = EnrichThresholds()
-
-    @field_validator("scorers", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
 
     @field_validator("scorers")
     @classmethod
@@ -377,9 +379,9 @@ class ReviewSettings(Section):
     host: str = Field("127.0.0.1", description="address the review page binds (a non-loopback one needs --public)")
     port: int = Field(8765, ge=1, le=65535, description="port of the review page")
     required: int = Field(1, ge=1, description="reviewers who decide each edit before it leaves the queue")
-    tags: list[str] = Field(["identity_lost", "wrong_garment", "artifacts", "instruction_not_followed", "unsafe",
+    tags: CommaList = Field(["identity_lost", "wrong_garment", "artifacts", "instruction_not_followed", "unsafe",
                              "pose_changed", "background_changed", "low_quality", "other"],
-                            min_length=1, max_length=9, description="reason tags a reviewer toggles with keys 1-9 (codes: a-z, 0-9, _)")
+                            min_length=1, max_length=9, description="reason tags a reviewer toggles with keys 1-9, comma-separated (codes: a-z, 0-9, _)")
     page_size: int = Field(20, ge=1, le=200, description="items on one queue page")
     session_ttl_s: float = Field(12 * 3600.0, gt=0, description="a login lasts this long")
     login_free_failures: int = Field(5, ge=1, description="failed logins per name or address (within login_window_s) before each further try must wait")
@@ -415,7 +417,7 @@ class Settings(BaseSettings):
     vl_model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="hub id or local directory of the Qwen-VL checkpoint")
     edit_model: str = Field("timbrooks/instruct-pix2pix", description="hub id or local directory of the InstructPix2Pix checkpoint")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level of every command")
-    plugins: Annotated[list[str], NoDecode] = Field([], description="modules imported at start-up that register extra stages (common.stages.register), comma-separated")
+    plugins: CommaList = Field([], description="modules imported at start-up that register extra stages (common.stages.register), comma-separated")
 
     jobs: JobSettings = JobSettings()
     images: ImageSettings = ImageSettings()
@@ -499,13 +501,6 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"pairing.keywords_file ({ENV_PREFIX}PAIRING__KEYWORDS_FILE): {where} has no axis "
                     f"{', '.join(map(repr, missing))}, which prompt {recipe}.{self.vl.prompt_version} needs")
-
-    @field_validator("plugins", mode="before")
-    @classmethod
-    def _split_plugins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
 
     @property
     def distributed(self) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from common.models import Job
+from common.models import Job, JobEvent
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 
@@ -64,6 +64,42 @@ def test_a_toy_stage_runs_in_local_mode_through_the_cli(tmp_path: Path, toy_regi
     listed = json.loads(_cli(env, "jobs", "list", "--stage", "toy", "--status", "failed", "--json").stdout)
     assert [j["reason"] for j in listed["jobs"]] == ["toy.negative"]
     assert _cli(env, "run", "--stage", "nope").returncode == 2  # choices come from the registry
+
+
+def test_dead_jobs_are_retried_and_queued_ones_cancelled_from_the_cli(tmp_path: Path, toy_registered: None) -> None:
+    """What a user does after forgetting a setting: the jobs die, the setting is fixed, ``jobs
+    retry`` puts them back and a run finishes them; ``jobs cancel`` takes queued jobs out."""
+    from common import jobs as jobstore
+    from common.db import get_database
+
+    env = _env(tmp_path, SYNTHPIPE_PLUGINS="toy_stage")
+    flag = tmp_path / "setting-fixed"
+    db = get_database(f"sqlite:///{tmp_path / 'data' / 'synthpipe.db'}")
+    with db.session() as s:
+        for n in (2, 3):
+            jobstore.enqueue(s, "toy", f"toy:{n}", {"n": n, "needs": str(flag)}, max_attempts=1)
+    assert json.loads(_cli(env, "run", "--stage", "toy", "--json").stdout)["toy"] == {"claimed": 2, "dead": 2}
+    dead = json.loads(_cli(env, "jobs", "list", "--stage", "toy", "--status", "dead", "--json").stdout)["jobs"]
+    assert len(dead) == 2 and all(j["error_kind"] == "transient" and "not there yet" in j["error_message"]
+                                  for j in dead)
+    assert _cli(env, "jobs", "retry", "--status", "running").returncode == 2  # retry takes ended jobs only
+    flag.write_text("ok")
+    retried = _cli(env, "jobs", "retry", "--stage", "toy", "--status", "dead", "--actor", "ana", "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(_cli(env, "run", "--stage", "toy", "--json").stdout)["toy"] == {"claimed": 2, "succeeded": 2}
+    with db.session() as s:
+        jobstore.enqueue(s, "toy", "toy:9", {"n": 9})
+    assert _cli(env, "jobs", "cancel", "--stage", "toy", "--status", "running").returncode == 2
+    assert _cli(env, "jobs", "cancel", "--stage", "toy", "--actor", "ana").returncode == 0
+    assert json.loads(_cli(env, "run", "--stage", "toy", "--json").stdout)["toy"] == {"claimed": 0}
+    rows = {r["key"]: r for r in jobstore.list_jobs(db, stage="toy")}
+    assert [rows[k]["status"] for k in ("toy:2", "toy:3", "toy:9")] == ["succeeded", "succeeded", "cancelled"]
+    assert rows["toy:9"]["reason"] == "job.cancelled"
+    with db.session() as s:  # each change is on record, with who made it
+        events = s.execute(select(JobEvent.action, JobEvent.from_status, JobEvent.to_status, JobEvent.actor)
+                           .order_by(JobEvent.id)).all()
+    assert [tuple(e) for e in events] == [("retry", "dead", "queued", "ana")] * 2 + [
+        ("cancel", "queued", "cancelled", "ana")]
 
 
 @pytest.mark.postgres

@@ -201,6 +201,12 @@ def test_scorers_setting_is_comma_separated_and_checked(monkeypatch: pytest.Monk
     monkeypatch.setenv("SYNTHPIPE_SCORE__SCORERS", "change,clipp")
     with pytest.raises(ConfigError, match=r"score.scorers .*clipp.*allowed: .*change, clip, dino"):
         load_settings()
+    monkeypatch.delenv("SYNTHPIPE_SCORE__SCORERS")
+    monkeypatch.setenv("SYNTHPIPE_REVIEW__TAGS", "blurry, wrong_garment,other")  # every list setting reads a,b,c
+    assert load_settings().review.tags == ["blurry", "wrong_garment", "other"]
+    monkeypatch.setenv("SYNTHPIPE_REVIEW__TAGS", "blurry,Bad Tag")
+    with pytest.raises(ConfigError, match="review.tags"):
+        load_settings()
 
 
 def test_a_threshold_applies_only_to_computed_metrics() -> None:
