@@ -230,6 +230,26 @@ def test_a_threshold_applies_only_to_computed_metrics() -> None:
     assert off.decision == "accepted" and off.margin is None
 
 
+@pytest.mark.parametrize(("scorer", "metric", "key", "limit", "bad", "good", "code"), [
+    ("clip", "clip_text", "clip_text_min", 0.2, 0.15, 0.25, "clip_text_low"),
+    ("dino", "dino_similarity", "dino_min", 0.4, 0.3, 0.5, "dino_low"),
+    ("garment", "garment_max", "garment_min", 0.3, 0.2, 0.4, "garment_low"),
+    ("change", "ssim", "ssim_max", 0.9, 0.95, 0.85, "ssim_too_high"),
+    ("change", "ssim", "ssim_min", 0.2, 0.1, 0.3, "ssim_too_low"),
+    ("change", "mad", "mad_max", 0.3, 0.4, 0.2, "change_too_large"),
+    ("identity", "identity_distance", "identity_max", 0.6, 0.7, 0.5, "identity_lost"),
+    ("judge", "judge_overall", "judge_min", 7.0, 6.0, 8.0, "judge_low"),
+])
+def test_each_threshold_rejects_on_its_side_only_with_its_own_code(
+        scorer: str, metric: str, key: str, limit: float, bad: float, good: float, code: str) -> None:
+    off = {k: None for k in ScoreSettings().thresholds_for("tryon")}  # only the threshold under test applies
+    rejected = decide({scorer: {metric: bad}}, {}, "tryon", {**off, key: limit})
+    assert rejected.decision == "rejected" and rejected.reasons == [code]
+    assert rejected.failed[code] == {"metric": f"{scorer}.{metric}", "value": bad, "threshold": limit}
+    assert decide({scorer: {metric: good}}, {}, "tryon", {**off, key: limit}).decision == "accepted"
+    assert decide({scorer: {metric: bad}}, {}, "tryon", off).decision == "accepted"  # None turns it off
+
+
 def _png(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
