@@ -111,6 +111,11 @@ def test_login_refusals_look_alike_and_repeated_failures_wait(env):
     assert ok.status_code == 303 and ok.headers["location"] == "/"
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie
+    page = c.get("/")  # every page forbids inline script, framing and foreign origins
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text  # scripts come from /static, which the policy allows
     with db.session() as s:  # the cookie's value is not what is stored
         stored = s.scalars(select(ReviewSession.token_hash)).all()
     assert len(stored) == 1 and c.cookies["synthpipe_review"] not in stored
