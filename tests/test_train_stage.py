@@ -3,6 +3,7 @@ a train job SIGKILLed mid-way that resumes from its checkpoint, and the CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import use_tiny_models
+from PIL import Image
 from sqlalchemy import select
 
 from common import jobs as jobstore
@@ -128,8 +131,14 @@ def test_edit_lora_lowers_its_loss_and_changes_the_edit_for_the_same_seed(tiny, 
                                                .where(Job.key.like("t:%"))).all()}
     assert made["t:base"].adapter_id is None and made["t:lora"].adapter_id == adapter.id
     assert made["t:base"].seed == made["t:lora"].seed == 42
-    assert made["t:base"].output_sha256 == made["t:base-again"].output_sha256  # the seed decides
-    assert made["t:lora"].output_sha256 != made["t:base"].output_sha256  # the adapter changed it
+    pixels = {k: np.asarray(Image.open(io.BytesIO(ctx.storage.get(e.output_uri))).convert("RGB"), dtype=np.int16)
+              for k, e in made.items()}
+    # the seed decides: one batch computes its rows in different kernel blocks, so allow a level
+    again = np.abs(pixels["t:base"] - pixels["t:base-again"])
+    changed = np.abs(pixels["t:lora"] - pixels["t:base"])
+    print(f"same seed, no adapter: max {again.max()} levels; with the adapter: mean {changed.mean():.2f}")
+    assert again.max() <= 2
+    assert changed.mean() > 4 * max(again.mean(), 0.25)  # the adapter changed it, well beyond that noise
     assert made["t:lora"].params["adapter"].endswith(adapter.sha256)
 
 
