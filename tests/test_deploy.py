@@ -23,13 +23,20 @@ def test_compose_has_every_service_wired() -> None:
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
     assert services["migrate"]["command"] == ["db", "upgrade"] and services["migrate"]["restart"] == "no"
-    for name in ("flower", "scrape-worker", "vl-worker", "edit-worker"):
+    from common import stages
+
+    workers = {f"{stage}-worker" for stage in stages.names()}
+    assert workers <= set(services), f"no compose worker for {workers - set(services)}"  # every queue is served
+    for stage in stages.names():
+        command = services[f"{stage}-worker"]["command"]
+        assert command[:2] == ["worker", stage], stage
+    for name in ("flower", *sorted(workers)):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         env = services[name]["environment"]
         assert env["SYNTHPIPE_BROKER_URL"].startswith("rediss://") and "@redis:" in env["SYNTHPIPE_BROKER_URL"]
         assert env["SYNTHPIPE_DATABASE_URL"].startswith("postgresql")
-    for name in ("vl-worker", "edit-worker"):
+    for name in ("vl-worker", "edit-worker", "score-worker", "train-worker", "generate-worker"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"], name
     assert "SYNTHPIPE_FLOWER__BASIC_AUTH" in services["flower"]["environment"]
