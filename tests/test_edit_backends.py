@@ -147,6 +147,15 @@ def test_load_failures_are_settings_errors_naming_the_fix(tmp_path) -> None:
     assert isinstance(error, ConfigError) and "models tiny" in str(error) and "not a pipeline" in str(error)
 
 
+def test_a_lora_that_does_not_fit_is_a_settings_error(tiny_dirs, tmp_path) -> None:
+    (tmp_path / "not-a-lora").mkdir()
+    for name, key in (("instruct-pix2pix", "p2p"), ("qwen-image-edit-plus", "plus")):
+        backend = get_backend(name, model=str(tiny_dirs[key]), adapter=str(tmp_path / "not-a-lora"))
+        with pytest.raises(ConfigError, match="does not fit") as caught:
+            backend.load()
+        assert caught.value.code == "model.adapter_mismatch" and backend.pipe is None
+
+
 # ----------------------------------------------------------------------------- InstructPix2Pix
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from common.devices import resolve_device  # noqa: F401  (re-exported: the backends import it from here)
+from common.devices import dtype_name, resolve_device, resolve_dtype  # noqa: F401  (re-exported: the backends import them from here)
 from common.errors import ConfigError, ErrorKind, SynthpipeError, code_of, kind_of, rebuild
 
 if TYPE_CHECKING:
@@ -155,39 +155,6 @@ def array_to_image(array: np.ndarray) -> Image.Image:
 
 
 # --------------------------------------------------------------------------- devices
-
-
-_DTYPE_NAMES = {
-    "float32": "float32", "fp32": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """The torch dtype for ``dtype`` on ``device``.
-
-    ``"auto"``: float32 on CPU (half-precision convolutions are slow or missing there);
-    bfloat16 on CUDA when the GPU supports it, else float16. bfloat16 is preferred because it
-    has float32's exponent range: the diffusion VAEs overflow in float16 now and then, which
-    shows up as NaN or black images; bfloat16 costs no speed on Ampere and newer GPUs.
-    """
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    try:
-        return getattr(torch, _DTYPE_NAMES[dtype])
-    except KeyError:
-        allowed = ", ".join(["auto", *sorted(_DTYPE_NAMES)])
-        raise ConfigError(f"dtype {dtype!r} is not supported; allowed: {allowed}") from None
-
-
-def dtype_name(dtype: Any) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"`` (for provenance records)."""
-    return str(dtype).removeprefix("torch.")
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.errors import ConfigError, model_load_error
+from common.devices import load_pipeline
+from common.errors import ConfigError
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,
     PipelineBackend,
     chunked,
-    dtype_name,
     finish_outputs,
     group_indices,
-    resolve_device,
-    resolve_dtype,
     run_groups,
     screen_items,
     seeded_generator,
@@ -112,26 +110,11 @@ class FluxKontextBackend(PipelineBackend):
                 return
             from diffusers import FluxKontextPipeline
 
-            device = resolve_device(self.device)
-            dtype = resolve_dtype(self.dtype, device)
-            logger.info("loading FLUX.1 Kontext %s on %s (%s)", self.model, device, dtype_name(dtype))
-            try:
-                pipe = FluxKontextPipeline.from_pretrained(self.model, dtype=dtype)
-            except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc, "edit.kontext_model (SYNTHPIPE_EDIT__KONTEXT_MODEL)") from exc
-            if self.lora_path is not None:
-                try:
-                    pipe.load_lora_weights(self.lora_path, adapter_name=ADAPTER_NAME)
-                except (OSError, ValueError, KeyError) as exc:
-                    raise ConfigError(f"LoRA {self.lora_path} does not fit {self.model}: {exc}",
-                                      code="model.adapter_mismatch") from exc
-                pipe.set_adapters([ADAPTER_NAME], [self.lora_scale])
-            if self.cpu_offload and device.startswith("cuda"):
-                pipe.enable_model_cpu_offload(device=device)
-            else:
-                pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe, self._device, self._dtype = pipe, device, dtype
+            self.pipe, self._device, self._dtype = load_pipeline(
+                FluxKontextPipeline, self.model, what="FLUX.1 Kontext",
+                setting="edit.kontext_model (SYNTHPIPE_EDIT__KONTEXT_MODEL)", device=self.device, dtype=self.dtype,
+                lora=self.lora_path, adapter_name=ADAPTER_NAME, lora_scale=self.lora_scale,
+                cpu_offload=self.cpu_offload)
 
     def params(self) -> dict[str, Any]:
         """Everything that decides an output besides the item itself (for provenance)."""

@@ -13,18 +13,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.errors import ConfigError, model_load_error
+from common.devices import load_pipeline
+from common.errors import ConfigError
 from worker_edit.backends import MIN_STEPS, SCHEDULERS
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,
     PipelineBackend,
     chunked,
-    dtype_name,
     finish_outputs,
     group_indices,
-    resolve_device,
-    resolve_dtype,
     run_groups,
     screen_items,
     seeded_generator,
@@ -92,22 +90,13 @@ class InstructPix2PixBackend(PipelineBackend):
             import diffusers
             from diffusers import StableDiffusionInstructPix2PixPipeline
 
-            device = resolve_device(self.device)
-            dtype = resolve_dtype(self.dtype, device)
-            logger.info("loading InstructPix2Pix %s on %s (%s)", self.model, device, dtype_name(dtype))
-            try:
-                pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-                    self.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-                )
-            except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc, "edit_model (SYNTHPIPE_EDIT_MODEL)") from exc
+            pipe, self._device, self._dtype = load_pipeline(
+                StableDiffusionInstructPix2PixPipeline, self.model, what="InstructPix2Pix",
+                setting="edit_model (SYNTHPIPE_EDIT_MODEL)", device=self.device, dtype=self.dtype,
+                lora=self.adapter or None, safety_checker=None, requires_safety_checker=False)
             scheduler_cls = getattr(diffusers, SCHEDULERS[self.scheduler])
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
-            if self.adapter:
-                pipe.load_lora_weights(self.adapter)
-            pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe, self._device, self._dtype = pipe, device, dtype
+            self.pipe = pipe
 
     def params(self) -> dict[str, Any]:
         """Everything that decides an output besides the item itself (for provenance)."""

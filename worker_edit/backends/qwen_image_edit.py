@@ -23,15 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from common.devices import load_pipeline
 from common.errors import ConfigError, model_load_error
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,
     PipelineBackend,
-    dtype_name,
     finish_outputs,
-    resolve_device,
-    resolve_dtype,
     run_groups,
     screen_items,
     seeded_generator,
@@ -189,25 +187,19 @@ class QwenImageEditPlusBackend(PipelineBackend):
 
             from diffusers import QwenImageEditPlusPipeline
 
-            device = resolve_device(self.device)
-            dtype = resolve_dtype(self.dtype, device)
             root = self._checkpoint_dir()
             self._areas = (self.vae_image_area, self.condition_image_area)
             tok_dir = root / "processor" if (root / "processor" / "tokenizer_config.json").exists() \
                 else root / "tokenizer"
-            logger.info("loading Qwen-Image-Edit Plus %s on %s (%s)", self.model, device, dtype_name(dtype))
+            setting = "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)"
             try:
                 processor = image_only_processor(root / "processor", tok_dir)
-                pipe = QwenImageEditPlusPipeline.from_pretrained(str(root), processor=processor, dtype=dtype)
-                if self.adapter:
-                    pipe.load_lora_weights(self.adapter)
             except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc, "edit.plus_model (SYNTHPIPE_EDIT__PLUS_MODEL)") from exc
-            if self.cpu_offload and device.startswith("cuda"):
-                pipe.enable_model_cpu_offload(device=device)
-            else:
-                pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
+                raise model_load_error(self.model, exc, setting) from exc
+            pipe, device, dtype = load_pipeline(
+                QwenImageEditPlusPipeline, str(root), model=self.model, what="Qwen-Image-Edit Plus", setting=setting,
+                device=self.device, dtype=self.dtype, lora=self.adapter or None, cpu_offload=self.cpu_offload,
+                processor=processor)
             self._module = importlib.import_module(type(pipe).__call__.__module__)
             if not all(hasattr(self._module, n) for n in ("VAE_IMAGE_SIZE", "CONDITION_IMAGE_SIZE")) \
                     and any(a is not None for a in self._areas):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.devices import resolve_device
-from common.errors import ConfigError, ErrorKind, code_of, kind_of, model_load_error
+from common.devices import dtype_name, load_pipeline
+from common.errors import ConfigError, ErrorKind, code_of, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ class GenerateOutput:
     error_kind: ErrorKind | None = None
     error_code: str | None = None
     seconds: float = 0.0
-
-
-def _dtype(name: str, device: str) -> Any:
-    import torch
-
-    if name == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, name)
 
 
 class FluxBackend:
@@ -94,26 +84,10 @@ class FluxBackend:
                 return
             from diffusers import FluxPipeline
 
-            device = resolve_device(self.device)
-            dtype = _dtype(self.dtype, device)
-            log.info("loading FLUX.1 %s on %s (%s)", self.model, device, dtype)
-            try:
-                pipe = FluxPipeline.from_pretrained(self.model, dtype=dtype)
-            except (OSError, ValueError) as exc:
-                raise model_load_error(self.model, exc, "generate.model (SYNTHPIPE_GENERATE__MODEL)") from exc
-            if self.adapter is not None:
-                try:
-                    pipe.load_lora_weights(self.adapter, adapter_name=ADAPTER_NAME)
-                except (OSError, ValueError, KeyError) as exc:
-                    raise ConfigError(f"adapter {self.adapter} does not fit {self.model}: {exc}",
-                                      code="model.adapter_mismatch") from exc
-                pipe.set_adapters([ADAPTER_NAME], [self.lora_scale])
-            if self.cpu_offload and device.startswith("cuda"):
-                pipe.enable_model_cpu_offload(device=device)
-            else:
-                pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe, self._device, self._dtype = pipe, device, dtype
+            self.pipe, self._device, self._dtype = load_pipeline(
+                FluxPipeline, self.model, what="FLUX.1", setting="generate.model (SYNTHPIPE_GENERATE__MODEL)",
+                device=self.device, dtype=self.dtype, lora=self.adapter, adapter_name=ADAPTER_NAME,
+                lora_scale=self.lora_scale, cpu_offload=self.cpu_offload)
 
     def unload(self) -> None:
         with self._lock:
@@ -139,7 +113,7 @@ class FluxBackend:
             "max_sequence_length": self.max_sequence_length, "adapter_path": self.adapter,
             "lora_scale": self.lora_scale if self.adapter else None, "cpu_offload": self.cpu_offload,
             "generator": "torch.Generator(cpu).manual_seed(item.seed), one per item",
-            "device": self._device or self.device, "dtype": str(self._dtype or self.dtype).removeprefix("torch."),
+            "device": self._device or self.device, "dtype": dtype_name(self._dtype or self.dtype),
             "diffusers_version": diffusers.__version__, "torch_version": torch.__version__,
         }
 
