@@ -139,8 +139,11 @@ def character_examples(ctx: Any, payload: dict[str, Any], edit_ids: list[int]) -
 # --- the trainer --------------------------------------------------------------------------------
 
 
-class CharacterLoRATrainer:
+class CharacterLoRATrainer(loop.LoRATrainer):
     """Load FLUX's parts, attach a LoRA to the transformer, train on the rectified-flow loss, save."""
+
+    desc = "train character"
+    eval_draws = 8
 
     def __init__(self, base_model: str, hp: Hyper, *, trigger: str, character_asset_id: int | None = None) -> None:
         self.base_model = base_model
@@ -206,7 +209,7 @@ class CharacterLoRATrainer:
         """T5 tokens of the captions: the pipelines' default (512), or less if the tokenizer says so."""
         return min(512, int(getattr(self.pipe.tokenizer_2, "model_max_length", 512) or 512))
 
-    def batch_loss(self, indices: list[int], gen: Any) -> Any:
+    def batch_loss(self, indices: list[int], gen: Any, *, training: bool = True) -> Any:
         """The rectified-flow loss of examples ``indices``, noise and times drawn from ``gen``."""
         import torch
         import torch.nn.functional as F
@@ -236,33 +239,10 @@ class CharacterLoRATrainer:
         pred = FluxPipeline._unpack_latents(pred, h * scale, w * scale, scale)
         return F.mse_loss(pred.float(), (noise - x0).float(), reduction="mean")
 
-    def _indices(self, step: int) -> tuple[list[int], Any]:
-        return loop.step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
+    def lora_module(self) -> Any:
+        return self.transformer
 
-    def fixed_batch_loss(self) -> float:
-        """The loss on a fixed batch (the first examples, fixed noise and times), averaged over
-        a few draws: comparable before and after training."""
-        import torch
-
-        gen = torch.Generator().manual_seed(987_654_321)
-        indices = list(range(min(len(self.encoded), 4)))
-        with torch.no_grad():
-            return float(sum(self.batch_loss(indices, gen).item() for _ in range(8)) / 8)
-
-    def lora_weights(self) -> dict[str, Any]:
-        return loop.lora_state(self.transformer)
-
-    def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        loop.load_lora_state(self.transformer, weights, self.rt.device)
-
-    def train(self, examples: list[CharacterExample], checkpoint_dir: Path) -> TrainResult:
-        if self.transformer is None:
-            self.load()
-        self.encode(examples)
-        result = loop.run(desc="train character", hp=self.hp, rt=self.rt, params=self.params,
-                          loss_at=lambda step: self.batch_loss(*self._indices(step)),
-                          eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
-                          set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
+    def finish_result(self, result: TrainResult) -> TrainResult:
         # recorded on the adapter (hyperparameters): which character it draws and its token
         result.runtime.update(trigger=self.trigger, character_asset_id=self.character_asset_id,
                               instance_prompt=INSTANCE_PROMPT.format(trigger=self.trigger))

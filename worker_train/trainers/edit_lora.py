@@ -24,7 +24,7 @@ from PIL import Image
 
 from common.errors import model_load_error
 from worker_train.trainers import loop
-from worker_train.trainers.loop import Hyper, TrainResult
+from worker_train.trainers.loop import Hyper
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ class _Encoded:
     text: Any  # (1, tokens, dim)
 
 
-class EditLoRATrainer:
+class EditLoRATrainer(loop.LoRATrainer):
     """Load the base pipeline's parts, attach a LoRA to the UNet, train, save."""
+
+    desc = "train edit"
 
     def __init__(self, base_model: str, hp: Hyper) -> None:
         self.base_model = base_model
@@ -125,8 +127,9 @@ class EditLoRATrainer:
             self.null_text = self._text([""])
 
     # ------------------------------------------------------------------ objective
-    def batch_loss(self, indices: list[int], gen: Any, *, dropout: float) -> Any:
-        """The InstructPix2Pix loss of examples ``indices``, noise and dropout drawn from ``gen``."""
+    def batch_loss(self, indices: list[int], gen: Any, *, training: bool = True) -> Any:
+        """The InstructPix2Pix loss of examples ``indices``, noise and dropout drawn from ``gen``
+        (conditioning dropout only while ``training``)."""
         import torch
         import torch.nn.functional as F
 
@@ -142,6 +145,7 @@ class EditLoRATrainer:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         text = torch.cat([e.text for e in enc])
         source = torch.cat([e.input_latents for e in enc])
+        dropout = self.hp.conditioning_dropout if training else 0.0
         if dropout > 0:
             p = torch.rand(n, generator=gen).to(rt.device)
             drop_text = (p < 2 * dropout).view(n, 1, 1)
@@ -157,39 +161,9 @@ class EditLoRATrainer:
             pred = self.unet(torch.cat([noisy, source], dim=1), timesteps, text, return_dict=False)[0]
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
-    def _indices(self, step: int) -> tuple[list[int], Any]:
-        return loop.step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
-
-    def fixed_batch_loss(self) -> float:
-        """The loss on a fixed batch (the first examples, fixed noise, no dropout): comparable
-        before and after training."""
-        import torch
-
-        gen = torch.Generator().manual_seed(987_654_321)
-        indices = list(range(min(len(self.encoded), 4)))
-        with torch.no_grad():
-            # average over a few noise draws: one draw of random timesteps is a noisy measure
-            return float(sum(self.batch_loss(indices, gen, dropout=0.0).item() for _ in range(4)) / 4)
-
     # ------------------------------------------------------------------ train
-    def lora_weights(self) -> dict[str, Any]:
-        return loop.lora_state(self.unet)
-
-    def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        loop.load_lora_state(self.unet, weights, self.rt.device)
-
-    def train(self, examples: list[EditExample], checkpoint_dir: Path) -> TrainResult:
-        if self.unet is None:
-            self.load()
-        self.encode(examples)
-
-        def loss_at(step: int) -> Any:
-            picks, gen = self._indices(step)
-            return self.batch_loss(picks, gen, dropout=self.hp.conditioning_dropout)
-
-        return loop.run(desc="train edit", hp=self.hp, rt=self.rt, params=self.params, loss_at=loss_at,
-                        eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
-                        set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
+    def lora_module(self) -> Any:
+        return self.unet
 
     def save(self, out_dir: Path) -> Path:
         """Write the adapter (diffusers LoRA format) and its config; returns ``out_dir``."""

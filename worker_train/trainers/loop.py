@@ -173,3 +173,67 @@ def load_lora_state(module: Any, weights: dict[str, Any], device: str) -> None:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(module, {k: v.to(device) for k, v in weights.items()})
+
+
+class LoRATrainer:
+    """What the four trainers share around their own loss: the step's batch, the fixed-batch
+    loss measured before and after, reading and loading the LoRA weights, and ``train``.
+
+    A trainer sets ``hp``, ``rt``, ``params`` (trainable) and ``encoded`` (examples ready for
+    the loss), and supplies ``load``, ``encode``, ``lora_module`` (where the LoRA sits) and
+    ``batch_loss(indices, gen, training=...)``; ``finish_result`` adds what its adapter records.
+    """
+
+    desc = "train"
+    eval_draws = 4  #: noise draws the fixed-batch loss averages (one draw of timesteps is noisy)
+    hp: Hyper
+    rt: Runtime
+    params: list[Any]
+    encoded: list[Any]
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def encode(self, examples: list[Any]) -> None:
+        raise NotImplementedError
+
+    def lora_module(self) -> Any:
+        """The module the LoRA is attached to (None until loaded)."""
+        raise NotImplementedError
+
+    def batch_loss(self, indices: list[int], gen: Any, *, training: bool) -> Any:
+        raise NotImplementedError
+
+    def step_loss(self, step: int) -> Any:
+        """The loss of step ``step``'s batch (examples and noise from the seed and the step)."""
+        picks, gen = step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
+        return self.batch_loss(picks, gen, training=True)
+
+    def fixed_batch_loss(self) -> float:
+        """The loss on a fixed batch (the first examples, fixed noise and times, no dropout),
+        averaged over ``eval_draws`` draws: comparable before and after training."""
+        import torch
+
+        gen = torch.Generator().manual_seed(987_654_321)
+        indices = list(range(min(len(self.encoded), 4)))
+        with torch.no_grad():
+            draws = [self.batch_loss(indices, gen, training=False).item() for _ in range(self.eval_draws)]
+        return float(sum(draws) / len(draws))
+
+    def lora_weights(self) -> dict[str, Any]:
+        return lora_state(self.lora_module())
+
+    def set_lora_weights(self, weights: dict[str, Any]) -> None:
+        load_lora_state(self.lora_module(), weights, self.rt.device)
+
+    def finish_result(self, result: TrainResult) -> TrainResult:
+        return result
+
+    def train(self, examples: list[Any], checkpoint_dir: Path) -> TrainResult:
+        if self.lora_module() is None:
+            self.load()
+        self.encode(examples)
+        result = run(desc=self.desc, hp=self.hp, rt=self.rt, params=self.params, loss_at=self.step_loss,
+                     eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
+                     set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
+        return self.finish_result(result)

@@ -52,7 +52,7 @@ class _Encoded:
     img_shapes: list[tuple[int, int, int]]
 
 
-class QwenEditPlusLoRATrainer:
+class QwenEditPlusLoRATrainer(loop.LoRATrainer):
     """Load the Plus pipeline, attach a LoRA to its transformer, train on the rectified-flow loss, save."""
 
     def __init__(self, base_model: str, hp: Hyper, *, vae_image_area: int | None = None,
@@ -166,39 +166,16 @@ class QwenEditPlusLoRATrainer:
         target = self.pipe._pack_latents(noise - x0, 1, c, h, w)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
-    def batch_loss(self, indices: list[int], gen: Any) -> Any:
+    def batch_loss(self, indices: list[int], gen: Any, *, training: bool = True) -> Any:
         """The rectified-flow loss of examples ``indices`` (their mean), noise and times from ``gen``."""
         losses = [self._example_loss(self.encoded[i], gen) for i in indices]
         return sum(losses[1:], losses[0]) / len(losses)
 
-    def _indices(self, step: int) -> tuple[list[int], Any]:
-        return loop.step_batch(self.hp.seed, step, self.hp.batch_size, len(self.encoded))
-
-    def fixed_batch_loss(self) -> float:
-        """The loss on a fixed batch (the first examples, fixed noise and times), averaged over
-        a few draws: comparable before and after training."""
-        import torch
-
-        gen = torch.Generator().manual_seed(987_654_321)
-        indices = list(range(min(len(self.encoded), 4)))
-        with torch.no_grad():
-            return float(sum(self.batch_loss(indices, gen).item() for _ in range(4)) / 4)
-
     # ------------------------------------------------------------------ train
-    def lora_weights(self) -> dict[str, Any]:
-        return loop.lora_state(self.transformer)
+    def lora_module(self) -> Any:
+        return self.transformer
 
-    def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        loop.load_lora_state(self.transformer, weights, self.rt.device)
-
-    def train(self, examples: list[PlusExample], checkpoint_dir: Path) -> TrainResult:
-        if self.transformer is None:
-            self.load()
-        self.encode(examples)
-        result = loop.run(desc="train edit-plus", hp=self.hp, rt=self.rt, params=self.params,
-                          loss_at=lambda step: self.batch_loss(*self._indices(step)),
-                          eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
-                          set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
+    def finish_result(self, result: TrainResult) -> TrainResult:
         vae_area, cond_area = self._areas()
         result.runtime.update(vae_image_area=vae_area, condition_image_area=cond_area)
         return result

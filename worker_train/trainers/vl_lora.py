@@ -21,7 +21,7 @@ from PIL import Image
 
 from common.errors import ConfigError, InputError, model_load_error
 from worker_train.trainers import loop
-from worker_train.trainers.loop import Hyper, TrainResult
+from worker_train.trainers.loop import Hyper
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,11 @@ class _Encoded:
     image_grid_thw: Any
 
 
-class VLLoRATrainer:
+class VLLoRATrainer(loop.LoRATrainer):
+    """Load Qwen2.5-VL, attach a LoRA to its language model, train on the analyses people and the judge accepted, save."""
+
+    desc = "train vl"
+
     def __init__(self, base_model: str, hp: Hyper) -> None:
         self.base_model = base_model
         self.hp = hp
@@ -174,27 +178,15 @@ class VLLoRATrainer:
             n = min(len(self.encoded), 4)
             return float(sum(self.example_loss(i).item() for i in range(n)) / n)
 
-    def lora_weights(self) -> dict[str, Any]:
-        return loop.lora_state(self.model)
+    def step_loss(self, step: int) -> Any:
+        # the accepted set in order (people's decisions first), batch_size examples a step
+        n = len(self.encoded)
+        start = (step * self.hp.batch_size) % n
+        picks = [(start + k) % n for k in range(min(self.hp.batch_size, n))]
+        return sum(self.example_loss(i) for i in picks) / len(picks)
 
-    def set_lora_weights(self, weights: dict[str, Any]) -> None:
-        loop.load_lora_state(self.model, weights, self.rt.device)
-
-    def train(self, examples: list[VLExample], checkpoint_dir: Path) -> TrainResult:
-        if self.model is None:
-            self.load()
-        self.encode(examples)
-
-        def loss_at(step: int) -> Any:
-            # the accepted set in order (people's decisions first), batch_size examples a step
-            n = len(self.encoded)
-            start = (step * self.hp.batch_size) % n
-            picks = [(start + k) % n for k in range(min(self.hp.batch_size, n))]
-            return sum(self.example_loss(i) for i in picks) / len(picks)
-
-        return loop.run(desc="train vl", hp=self.hp, rt=self.rt, params=self.params, loss_at=loss_at,
-                        eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
-                        set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
+    def lora_module(self) -> Any:
+        return self.model
 
     def save(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
