@@ -143,6 +143,7 @@ class CharacterLoRATrainer(loop.LoRATrainer):
     """Load FLUX's parts, attach a LoRA to the transformer, train on the rectified-flow loss, save."""
 
     desc = "train character"
+    parts = ("transformer", "vae", "pipe")
     eval_draws = 8
 
     def __init__(self, base_model: str, hp: Hyper, *, trigger: str, character_asset_id: int | None = None) -> None:
@@ -253,23 +254,8 @@ class CharacterLoRATrainer(loop.LoRATrainer):
         FluxKontextPipeline reads it) and its config; returns ``out_dir``."""
         from diffusers import FluxPipeline
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        layers = {k: v.float().cpu() for k, v in self.lora_weights().items()}
-        FluxPipeline.save_lora_weights(out_dir, transformer_lora_layers=layers, weight_name=WEIGHTS_NAME,
-                                       safe_serialization=True)
-        config = {"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
-                  "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers",
-                  "trigger": self.trigger, "character_asset_id": self.character_asset_id}
-        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        return out_dir
-
-    def unload(self) -> None:
-        import gc
-
-        import torch
-
-        self.transformer = self.vae = self.pipe = None
-        self.encoded = []
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        return self.save_diffusers_lora(
+            FluxPipeline, out_dir, layers_arg="transformer_lora_layers", weights_name=WEIGHTS_NAME,
+            config={"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
+                    "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers",
+                    "trigger": self.trigger, "character_asset_id": self.character_asset_id})

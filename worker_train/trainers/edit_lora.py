@@ -14,7 +14,6 @@ The adapter is written in diffusers' LoRA format, which ``load_lora_weights`` re
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ class EditLoRATrainer(loop.LoRATrainer):
     """Load the base pipeline's parts, attach a LoRA to the UNet, train, save."""
 
     desc = "train edit"
+    parts = ("unet", "vae", "text_encoder")
 
     def __init__(self, base_model: str, hp: Hyper) -> None:
         self.base_model = base_model
@@ -168,24 +168,8 @@ class EditLoRATrainer(loop.LoRATrainer):
     def save(self, out_dir: Path) -> Path:
         """Write the adapter (diffusers LoRA format) and its config; returns ``out_dir``."""
         from diffusers import StableDiffusionInstructPix2PixPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        layers = convert_state_dict_to_diffusers({k: v.float().cpu() for k, v in self.lora_weights().items()})
-        StableDiffusionInstructPix2PixPipeline.save_lora_weights(out_dir, unet_lora_layers=layers,
-                                                                 weight_name=WEIGHTS_NAME, safe_serialization=True)
-        config = {"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
-                  "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers"}
-        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        return out_dir
-
-    def unload(self) -> None:
-        import gc
-
-        import torch
-
-        self.unet = self.vae = self.text_encoder = None
-        self.encoded = []
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        return self.save_diffusers_lora(
+            StableDiffusionInstructPix2PixPipeline, out_dir, layers_arg="unet_lora_layers", weights_name=WEIGHTS_NAME,
+            convert=True, config={"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
+                                  "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers"})

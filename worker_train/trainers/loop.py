@@ -186,6 +186,7 @@ class LoRATrainer:
 
     desc = "train"
     eval_draws = 4  #: noise draws the fixed-batch loss averages (one draw of timesteps is noisy)
+    parts: tuple[str, ...] = ()  #: attributes holding the loaded model's parts (dropped by ``unload``)
     hp: Hyper
     rt: Runtime
     params: list[Any]
@@ -237,3 +238,33 @@ class LoRATrainer:
                      eval_loss=self.fixed_batch_loss, get_weights=self.lora_weights,
                      set_weights=self.set_lora_weights, checkpoint_dir=checkpoint_dir)
         return self.finish_result(result)
+
+    def unload(self) -> None:
+        """Drop the model's parts and the encoded examples, and give the memory back."""
+        import gc
+
+        import torch
+
+        for name in self.parts:
+            setattr(self, name, None)
+        self.encoded = []
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def save_diffusers_lora(self, pipeline_cls: Any, out_dir: Path, *, layers_arg: str, weights_name: str,
+                            config: dict[str, Any], convert: bool = False) -> Path:
+        """Write the LoRA in diffusers' format (``pipeline_cls.load_lora_weights`` reads it) as
+        ``weights_name``, and ``adapter_config.json`` (``config``); returns ``out_dir``."""
+        import json
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        layers = {k: v.float().cpu() for k, v in self.lora_weights().items()}
+        if convert:  # PEFT names to diffusers' (the UNet's LoRA)
+            from diffusers.utils import convert_state_dict_to_diffusers
+
+            layers = convert_state_dict_to_diffusers(layers)
+        pipeline_cls.save_lora_weights(out_dir, **{layers_arg: layers}, weight_name=weights_name,
+                                       safe_serialization=True)
+        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        return out_dir

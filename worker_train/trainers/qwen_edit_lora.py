@@ -17,7 +17,6 @@ prompt lengths differ) and the batch loss is their mean.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,9 @@ class _Encoded:
 
 class QwenEditPlusLoRATrainer(loop.LoRATrainer):
     """Load the Plus pipeline, attach a LoRA to its transformer, train on the rectified-flow loss, save."""
+
+    desc = "train edit-plus"
+    parts = ("transformer", "vae", "pipe")
 
     def __init__(self, base_model: str, hp: Hyper, *, vae_image_area: int | None = None,
                  condition_image_area: int | None = None) -> None:
@@ -185,25 +187,10 @@ class QwenEditPlusLoRATrainer(loop.LoRATrainer):
         reads it) and its config; returns ``out_dir``."""
         from diffusers import QwenImageEditPlusPipeline
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        layers = {k: v.float().cpu() for k, v in self.lora_weights().items()}
-        QwenImageEditPlusPipeline.save_lora_weights(out_dir, transformer_lora_layers=layers, weight_name=WEIGHTS_NAME,
-                                                    safe_serialization=True)
-        config = {"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
-                  "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers"}
-        (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
-        return out_dir
-
-    def unload(self) -> None:
-        import gc
-
-        import torch
-
-        self.transformer = self.vae = self.pipe = None
-        self.encoded = []
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        return self.save_diffusers_lora(
+            QwenImageEditPlusPipeline, out_dir, layers_arg="transformer_lora_layers", weights_name=WEIGHTS_NAME,
+            config={"r": self.hp.rank, "lora_alpha": self.hp.rank, "target_modules": TARGET_MODULES,
+                    "init_lora_weights": "gaussian", "base_model": self.base_model, "format": "diffusers"})
 
 
 def plus_examples(ctx: Any, edit_ids: list[int]) -> list[PlusExample]:

@@ -50,6 +50,7 @@ class VLLoRATrainer(loop.LoRATrainer):
     """Load Qwen2.5-VL, attach a LoRA to its language model, train on the analyses people and the judge accepted, save."""
 
     desc = "train vl"
+    parts = ("model",)
 
     def __init__(self, base_model: str, hp: Hyper) -> None:
         self.base_model = base_model
@@ -193,13 +194,3 @@ class VLLoRATrainer(loop.LoRATrainer):
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
         return out_dir
 
-    def unload(self) -> None:
-        import gc
-
-        import torch
-
-        self.model = None
-        self.encoded = []
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
