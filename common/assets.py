@@ -38,6 +38,8 @@ class Provenance:
     category: str | None = None
     licence: str | None = None
     fetched_at: dt.datetime | None = None
+    #: how the crawler found it: ``start``, ``link`` or ``sitemap`` (its page's way in) or ``image_sitemap``
+    found_via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _insert(session: Session, loaded: LoadedImage, uri: str, role: str, provenan
         width=loaded.width, height=loaded.height, role=role, uri=uri,
         source_path=provenance.source_path, source_url=provenance.source_url,
         page_url=provenance.page_url, site=provenance.site, category=provenance.category,
-        licence=provenance.licence, fetched_at=provenance.fetched_at,
+        licence=provenance.licence, fetched_at=provenance.fetched_at, found_via=provenance.found_via,
     )
     try:
         with session.begin_nested():  # another process may register the same bytes meanwhile

@@ -66,6 +66,7 @@ class Asset(Base):
     category: Mapped[str | None] = mapped_column(String(200))
     licence: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    found_via: Mapped[str | None] = mapped_column(String(32))  # start | link | sitemap | image_sitemap
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     @validates("phash")

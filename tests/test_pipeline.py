@@ -17,7 +17,7 @@ from common.models import Edit, Job
 
 EXPECTED_COLUMNS = {"input_image", "edit_prompt", "edited_image", "garment_images", "analysis", "confidence",
                     "feasibility", "source_urls", "sites", "categories", "vl_model", "edit_model", "seed",
-                    "edit_params", "recipe"}
+                    "edit_params", "recipe", "page_urls", "licences", "found_via"}
 
 
 def _ctx():  # type: ignore[no-untyped-def]
@@ -245,7 +245,12 @@ def test_models_tiny_prints_settings_that_load(tmp_path: Path, monkeypatch: pyte
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
-    assert {"vl", "edit", "edit-plus"} <= set(got["paths"]) and all(Path(p).is_dir() for p in got["paths"].values())
+    from common.tinymodels import TINY_MODELS
+
+    assert set(got["paths"]) == {t.name for t in TINY_MODELS}  # every backend's checkpoint, FLUX ones too
+    assert all((Path(p) / "model_index.json").is_file() or (Path(p) / "config.json").is_file()
+               for p in got["paths"].values())
+    assert {t.setting: got["paths"][t.name] for t in TINY_MODELS}.items() <= got["settings"].items()
     for key, value in {**got["settings"], **got["multi_image_settings"]}.items():
         monkeypatch.setenv(key, value)
     s = load_settings()

@@ -126,6 +126,9 @@ def test_crawl_then_run_stores_images_with_provenance_and_fills_the_vl_queue(sho
         job = s.scalars(select(Job).where(Job.stage == "scrape")).one()
         result = job.result or {}
         statuses = {i["url"].rsplit("/", 1)[-1]: i["status"] for i in result["report"]["images"]}
+        via = {i["url"]: i["found_via"] for i in result["report"]["images"]}  # how each page was found ...
+        assert {a.found_via for a in assets} == {"link"}  # this shop has no sitemap; its photos are a link away
+        assert all(a.found_via == via[a.source_url] for a in assets)  # ... is in each asset's provenance
         assert statuses["0-copy.jpg"] == "duplicate"
         assert statuses["near.jpg"] == "near_duplicate"
         # crawling alone filled the vl queue: every person photo is in a try-on set

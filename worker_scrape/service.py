@@ -186,6 +186,7 @@ class _OnImage:
         provenance = Provenance(
             source_url=candidate.image_url, page_url=candidate.page_url, site=candidate.site,
             category=candidate.category, licence=candidate.licence, fetched_at=dt.datetime.now(dt.UTC),
+            found_via=candidate.found_via,
         )
         with self.ctx.db.session() as s:
             reg = register_image_bytes(
