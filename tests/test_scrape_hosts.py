@@ -144,6 +144,26 @@ def test_pages_found_only_through_sitemaps_and_image_sitemaps() -> None:
                    ("p3.png", "p3", "image_sitemap")}
 
 
+def test_without_a_sitemap_line_the_default_sitemap_is_read_and_the_larger_delay_holds() -> None:
+    with SiteServer("127.0.0.30") as shop:
+        shop.routes["/robots.txt"] = Response(200, b"User-agent: *\nDisallow: /private\nCrawl-delay: 0.1\n",
+                                              "text/plain")  # no Sitemap: line
+        shop.routes["/"] = page("no links here")
+        shop.routes["/sitemap.xml"] = Response(200, (
+            '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+            + "".join(f"<url><loc>{shop.url(f'/only-in-map/{i}')}</loc></url>" for i in range(3))
+            + "</urlset>").encode(), "application/xml")
+        for i in range(3):
+            shop.routes[f"/only-in-map/{i}"] = page(f'<img src="/img/{i}.png">')
+            shop.routes[f"/img/{i}.png"] = image()
+        reports, registry = _crawl(_site("shop", shop.url("/"), 0.3))  # the site's delay is the larger
+        paths, times = shop.paths(), shop.times()
+    assert "/sitemap.xml" in paths and {f"/only-in-map/{i}" for i in range(3)} <= set(paths)
+    assert reports[0].pages_found_via == {"start": 1, "sitemap": 3}
+    assert {via for _, _, via in registry.calls} == {"sitemap"} and len(registry.calls) == 3
+    assert len(times) >= 8 and _min_gap(times) >= 0.3 - SLACK  # max(delay_s 0.3, Crawl-delay 0.1)
+
+
 def test_requests_to_other_hosts_are_blocked_inside_the_browser() -> None:
     with SiteServer("127.0.0.6") as shop, SiteServer("127.0.0.7") as tracker, SiteServer("127.0.0.8") as cdn:
         shop.routes["/"] = page(

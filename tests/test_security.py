@@ -144,6 +144,8 @@ def test_database_tls_settings_fill_in_what_the_url_leaves_out(tmp_path: Path) -
     (["worker", "vl"], {"SYNTHPIPE_BROKER_URL": "redis://broker.example:6379/0"}),
     (["worker", "edit"], {"SYNTHPIPE_BROKER_URL": "rediss://broker.example:6380/0"}),
     (["pair", "--recipe", "tryon"], {"SYNTHPIPE_BROKER_URL": "redis://:pw@broker.example:6379/0"}),
+    (["flower"], {"SYNTHPIPE_BROKER_URL": "redis://:pw@broker.example:6379/0",
+                  "SYNTHPIPE_FLOWER__BASIC_AUTH": "ops:secret"}),
     (["worker", "vl"], {"SYNTHPIPE_BROKER_URL": "rediss://:pw@127.0.0.1:6380/0",
                         "SYNTHPIPE_DATABASE_URL": "postgresql+psycopg://synthpipe:pw@db.example/synthpipe"}),
 ])

@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "tls-test-password-7f3a"
+ACL_USER, ACL_PASSWORD = "worker", "acl-test-password-91c2"  # a Redis 6+ ACL user beside the default one
 
 
 def make_certs(folder: Path) -> Path:
@@ -46,7 +47,7 @@ def make_certs(folder: Path) -> Path:
 
 
 class TlsRedis:
-    """redis-server with TLS only (no plaintext port) and a password, on 127.0.0.1."""
+    """redis-server with TLS only (no plaintext port), a password and an ACL user, on 127.0.0.1."""
 
     def __init__(self, certs: Path, workdir: Path) -> None:
         self.port = _free_port()
@@ -55,12 +56,13 @@ class TlsRedis:
             ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
              "--tls-cert-file", str(certs / "server.crt"), "--tls-key-file", str(certs / "server.key"),
              "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no", "--requirepass", PASSWORD,
-             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+             "--save", "", "--appendonly", "no", "--dir", str(workdir),
+             "--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: _can_connect(self.port), 10, "TLS redis did not start")
 
-    def url(self, password: str = PASSWORD) -> str:
-        return f"rediss://:{password}@127.0.0.1:{self.port}/0"
+    def url(self, password: str = PASSWORD, user: str = "") -> str:
+        return f"rediss://{user}:{password}@127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         self.proc.kill()
@@ -94,14 +96,15 @@ def probe_app(broker_url: str, ca_file: Path | None) -> Celery:
 
 
 def test_the_broker_certificate_and_password_are_checked(tls_redis: TlsRedis, tmp_path: Path) -> None:
-    good = probe_app(tls_redis.url(), tls_redis.ca)
-    with good.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=0)
-        assert conn.default_channel.client.ping()
+    for url in (tls_redis.url(), tls_redis.url(ACL_PASSWORD, user=ACL_USER)):  # the password, or an ACL user
+        with probe_app(url, tls_redis.ca).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0)
+            assert conn.default_channel.client.ping()
     other_ca = make_certs(tmp_path / "other") / "ca.crt"
     for url, ca, reason in [(tls_redis.url(), other_ca, "CERTIFICATE_VERIFY_FAILED"),
                             (tls_redis.url(), None, "CERTIFICATE_VERIFY_FAILED"),
                             (tls_redis.url("wrong"), tls_redis.ca, "invalid username-password"),
+                            (tls_redis.url(PASSWORD, user=ACL_USER), tls_redis.ca, "invalid username-password"),
                             (tls_redis.url().replace("rediss://", "redis://"), None, "")]:
         app = probe_app(url, ca)
         with app.connection_for_write() as conn, pytest.raises(Exception) as err:
