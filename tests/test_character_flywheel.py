@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from common.cli import main
-from common.models import Adapter, Edit, Job, Score
+from common.models import Adapter, Edit, Job, Review, Reviewer, Score, Snapshot
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,8 +62,24 @@ def test_character_flywheel_two_rounds_report_and_rerun(tiny_models: dict[str, P
     out = tmp_path / "cfw"
     flags = ["flywheel", "--target", "character", "--character", str(photo), "--rounds", "2", "--n", "3",
              "--out", str(out), "--json"]
-    assert main(flags) == 0
+    assert main([*flags[:6], "1", *flags[7:]]) == 0  # round 1 alone; a person then accepts its images
+    with ctx.db.session() as s:
+        first = s.scalars(select(Adapter).where(Adapter.target == "character")).one()
+        made = list(s.scalars(select(Edit.id).where(Edit.adapter_id == first.id, Edit.origin == "generated")))
+        person = Reviewer(name="ana", password_hash="not-used-here")
+        s.add(person)
+        s.flush()
+        s.add_all(Review(reviewer_id=person.id, edit_id=e, decision="accepted") for e in made)
+    assert main(flags) == 0  # the same run goes on with round 2
     capsys.readouterr()
+    with ctx.db.session() as s:  # round 2 trained on what was accepted by then: round 1's images too
+        second = s.scalars(select(Adapter).where(Adapter.target == "character", Adapter.round == 2)).one()
+        snap = s.get(Snapshot, second.snapshot_id)
+        assert len(made) == 3 and set(made) <= set(snap.edit_ids) and snap.selection["generated"] == 3
+        assert snap.edit_ids[:3] == sorted(made)  # people-accepted first
+        first_snap = s.get(Snapshot, first.snapshot_id)
+        assert first_snap.selection["generated"] == 0 and first_snap.id != snap.id
+
     def no_nan(name: str) -> None:
         raise AssertionError(f"report.json holds {name}")
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from common import samples
-from common.models import Analysis, Edit, Job
+from common.models import Analysis, Edit, Job, JobEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -250,7 +250,8 @@ def test_prefork_pool_children_load_their_own_model_and_finish_each_job_once(clu
     assert parent.poll() is None, cluster.logs()
 
 
-def test_poison_job_ends_dead_while_others_finish(cluster: Cluster) -> None:
+def test_poison_job_ends_dead_while_others_finish_and_a_retry_sends_it_again(cluster: Cluster) -> None:
+    cluster.env["SYNTHPIPE_CELERY__RESEND_AFTER_S"] = "600"  # only messages bring jobs back, no sweep
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "3", "--seed", "3")
     code = ("from common import jobs; from common.db import get_database; from common.transport import "
@@ -265,6 +266,18 @@ def test_poison_job_ends_dead_while_others_finish(cluster: Cluster) -> None:
         attempts, reason, msg = c.execute(select(Job.attempts, Job.reason, Job.error_message)
                                           .where(Job.key == "vl:poison")).one()
     assert attempts == 3 and reason == "unexpected.ValueError" and "gave up after 3 attempts" in msg
+    # `jobs retry` sends the job's message itself (sweeps resend nothing here): it runs again, fresh attempts
+    cluster.cli("jobs", "retry", "--stage", "vl", "--status", "dead")
+
+    def poison() -> tuple[str, int]:
+        with cluster.engine.connect() as c:
+            return tuple(c.execute(select(Job.status, Job.attempts).where(Job.key == "vl:poison")).one())  # type: ignore[return-value]
+
+    _wait(lambda: poison() == ("dead", 3), 90, "the retried job to run its attempts again")
+    with cluster.engine.connect() as c:
+        events = c.execute(select(JobEvent.action, JobEvent.from_status).join(Job, Job.id == JobEvent.job_id)
+                           .where(Job.key == "vl:poison")).all()
+    assert [tuple(e) for e in events] == [("retry", "dead")]
 
 
 def test_redis_restart_and_dropped_database_connections_are_survived(cluster: Cluster,

@@ -187,4 +187,13 @@ def test_review_page_by_keyboard(tmp_path: Path):
         done = {int(e.get_attribute("data-edit-id")): e.get_attribute("data-state")
                 for e in driver.find_elements(By.CSS_SELECTOR, ".item")}
         assert done == {near: "accepted", mid: "rejected"}
-    assert history(db)[-1] == (mid, "rejected", [])
+        assert history(db)[-1] == (mid, "rejected", [])
+
+        # Shift+A on the items still to review: every visible one I have not decided is accepted
+        Select(driver.find_element(By.NAME, "mine")).select_by_value("pending")
+        driver.find_element(By.ID, "apply-filters").click()
+        wait.until(lambda d: "mine=pending" in d.current_url and d.find_elements(By.CSS_SELECTOR, ".item.current"))
+        assert [int(e.get_attribute("data-edit-id")) for e in driver.find_elements(By.CSS_SELECTOR, ".item")] == [far]
+        press("A")
+        wait.until(lambda d: history(db)[-1] == (far, "accepted", []))
+    assert [h[:2] for h in history(db)[-2:]] == [(mid, "rejected"), (far, "accepted")]

@@ -100,6 +100,25 @@ def test_snapshot_is_the_accepted_set_without_held_out_sets_and_its_hash_is_stab
         assert s.scalar(select(Snapshot.size).where(Snapshot.id == snap.id)) == len(ids) - 2
 
 
+def test_people_overrule_the_ai_in_the_snapshot_and_their_accepted_edits_come_first(tiny, tmp_path: Path) -> None:
+    from common.models import Review, Reviewer
+    from worker_train.snapshots import freeze
+
+    make_edits(tmp_path)
+    ids = accept_all(reject=1)  # the AI rejected ids[0] and accepted the rest
+    ctx = stage_ctx()
+    with ctx.db.session() as s:
+        person = Reviewer(name="ana", password_hash="not-used-here")
+        s.add(person)
+        s.flush()
+        s.add(Review(reviewer_id=person.id, edit_id=ids[2], decision="rejected", tags=["artifacts"]))
+        s.add(Review(reviewer_id=person.id, edit_id=ids[0], decision="accepted"))
+    with ctx.db.session() as s:
+        snap = freeze(s, "edit")
+        assert snap.edit_ids == [ids[0], ids[1], *ids[3:]]  # the person's accept first, their reject left out
+        assert snap.selection["human_accepted"] == 1 and snap.selection["ai_accepted"] == len(ids) - 2
+
+
 def test_edit_lora_lowers_its_loss_and_changes_the_edit_for_the_same_seed(tiny, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from common.runner import run_stage
@@ -163,11 +182,12 @@ def test_vl_lora_lowers_its_loss_and_analyses_record_it(tiny, tmp_path: Path, mo
     with ctx.db.session() as s:
         job = s.scalars(select(Job).where(Job.key == "t:vl-lora")).one()
         analysis = s.scalars(select(Analysis).where(Analysis.job_id == job.id)).first()
-        if job.status == "succeeded":
+        if job.status == "failed":  # a tiny random model may run out of tokens: the job says why, and with what
+            assert job.reason and job.reason.startswith("vl.") and job.result["adapter_id"] == adapter.id
+        else:  # succeeded, or skipped by the gate: the analysis is stored either way
             assert analysis is not None and analysis.adapter_id == adapter.id
+        if job.status == "succeeded":
             assert s.scalars(select(Job).where(Job.key == "t:edit-after-lora")).one().stage == "edit"
-        else:  # a tiny random model may fail its schema; the job must then say why
-            assert job.reason and job.reason.startswith("vl.")
         before = s.scalars(select(Analysis).where(Analysis.adapter_id.is_(None))).all()
         assert before and all(a.adapter_id is None for a in before)
 

@@ -129,12 +129,13 @@ def gate(analysis: EditCore, settings: Settings) -> tuple[str, str] | None:
 
 def _finish(p: _Prepared, out: VLOutput, settings: Settings, *, batch_s: float, batch_size: int) -> Outcome:
     error = out.exception()
+    made_by = {"adapter_id": p.adapter_id}  # a failed job still says which adapter it ran with
     if error is not None:
-        return Outcome.from_error(error)
+        return Outcome.from_error(error, made_by)
     try:
         analysis = parse_analysis(p.item_set.recipe, out.raw_text)
     except ModelOutputError as exc:
-        return Outcome.from_error(exc)
+        return Outcome.from_error(exc, made_by)
     timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size,
                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
     gated = gate(analysis, settings)
