@@ -163,6 +163,9 @@ def cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path]
         "SYNTHPIPE_CELERY__TIME_LIMIT_S": "150",
         "SYNTHPIPE_CELERY__VISIBILITY_TIMEOUT_S": "600",
         **tiny_run_settings(),
+        # one torch thread per process: several workers share the machine's cores, and each taking
+        # all of them (the default) makes a multi-worker test about twice as slow on 2 cores
+        "OMP_NUM_THREADS": "1",
     }
     c = Cluster(env, pg_url, tmp_path)
     yield c

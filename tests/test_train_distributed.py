@@ -39,7 +39,8 @@ def train_cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str,
            "SYNTHPIPE_STORAGE_URL": (tmp_path / "objects").as_uri(), "SYNTHPIPE_BROKER_URL": redis_server.url,
            "SYNTHPIPE_VL_MODEL": str(tiny_models["vl"]), "SYNTHPIPE_EDIT_MODEL": str(tiny_models["edit"]),
            "SYNTHPIPE_JOBS__LEASE_S": "30", "SYNTHPIPE_CELERY__SWEEP_INTERVAL_S": "1",
-           "SYNTHPIPE_CELERY__RESEND_AFTER_S": "3", **tiny_run_settings()}
+           "SYNTHPIPE_CELERY__RESEND_AFTER_S": "3", **tiny_run_settings(),
+           "OMP_NUM_THREADS": "1"}  # one torch thread per worker process, as in test_distributed's cluster
     c = Cluster(env, pg_url, tmp_path)
     yield c
     c.stop_all()
