@@ -117,7 +117,8 @@ def test_review_page_by_keyboard(tmp_path: Path):
         driver.find_element(By.NAME, "username").send_keys("alice")
         driver.find_element(By.NAME, "password").send_keys(PASSWORD + "!")
         driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-        assert driver.find_element(By.CSS_SELECTOR, ".error").text == auth.LOGIN_REFUSED
+        refused = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".error"))  # the answer page has loaded
+        assert refused[0].text == auth.LOGIN_REFUSED
         driver.find_element(By.NAME, "username").send_keys("alice")
         driver.find_element(By.NAME, "password").send_keys(PASSWORD)
         driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
