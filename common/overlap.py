@@ -135,8 +135,7 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
     before anything else is claimed; ``max_jobs`` counts it. ``claim_until``: a
     ``time.monotonic()`` after which no new batch is claimed (what is held is still finished).
     """
-    from common.extras import missing_extra
-    from common.runner import RunStats, _Heartbeat
+    from common.runner import RunStats, _Heartbeat, runner_fault
 
     total = RunStats()
     timing = timing if timing is not None else OverlapStats()
@@ -150,12 +149,6 @@ def run_overlapped(stage: str, phases: Phases, ctx: StageContext, *, batch_size:
     def fail_whole(batch: _Batch, exc: Exception, phase: str) -> None:
         log.exception("%s batch of %d failed as a whole in %s", stage, len(batch.claimed), phase)
         batch.outcomes = [Outcome.from_error(exc) for _ in batch.claimed]
-
-    def runner_fault(exc: BaseException) -> ConfigError | None:
-        """A misconfigured runner or a missing extra: not the jobs' fault."""
-        if isinstance(exc, ConfigError):
-            return exc
-        return missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
 
     def give_back(batch: _Batch, exc: ConfigError) -> None:
         released = jobstore.release(ctx.db, batch.claimed, exc)

@@ -68,6 +68,18 @@ def batch_size_for(stage: str, settings: Settings) -> int:
     return stages.get(stage).batch_size(settings)
 
 
+def runner_fault(exc: BaseException) -> ConfigError | None:
+    """The settings error behind ``exc`` when the runner is at fault, not the jobs: a
+    misconfiguration, or an extra that is not installed here. None otherwise."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, ModuleNotFoundError):
+        from common.extras import missing_extra
+
+        return missing_extra(exc)
+    return None
+
+
 def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) -> RunStats:
     """Run one claimed batch through its stage function and record every job's outcome."""
     stats = RunStats(claimed=len(claimed))
@@ -80,20 +92,17 @@ def run_claimed(stage: str, claimed: Sequence[ClaimedJob], ctx: StageContext) ->
             outcomes = fn(list(claimed), ctx)
             if len(outcomes) != len(claimed):
                 raise RuntimeError(f"{stage} returned {len(outcomes)} outcomes for {len(claimed)} jobs")
-        except ConfigError as exc:  # the runner is misconfigured, not the jobs: give them back
-            released = jobstore.release(ctx.db, claimed, exc)
-            log.debug("%s: %s; %d job(s) back in the queue", stage, exc, len(released))  # the caller reports it
-            raise
-        except ModuleNotFoundError as exc:  # an extra is not installed here: the runner's fault too
-            from common.extras import missing_extra
-
-            hint = missing_extra(exc)
-            if hint is None:
+        except Exception as exc:
+            fault = runner_fault(exc)
+            if fault is not None:  # the runner is misconfigured or lacks an extra, not the jobs: give them back
+                released = jobstore.release(ctx.db, claimed, fault)
+                log.debug("%s: %s; %d job(s) back in the queue", stage, fault, len(released))  # the caller reports it
+                if fault is exc:
+                    raise
+                raise fault from exc
+            if isinstance(exc, ModuleNotFoundError):
                 raise
-            released = jobstore.release(ctx.db, claimed, hint)
-            log.debug("%s: %s; %d job(s) back in the queue", stage, hint, len(released))
-            raise hint from exc
-        except Exception as exc:  # the batch as a whole broke: every job gets another attempt
+            # the batch as a whole broke: every job gets another attempt
             log.exception("%s batch of %d failed as a whole", stage, len(claimed))
             outcomes = [Outcome.from_error(exc) for _ in claimed]
     for job, outcome in zip(claimed, outcomes, strict=True):
