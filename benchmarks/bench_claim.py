@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _claimer(url: str, batch: int, out: str) -> None:
-    from common import jobs
-    from common.db import get_database
-    from common.jobs import Outcome
+    from common.store import jobs
+    from common.store.db import get_database
+    from common.store.jobs import Outcome
 
     db = get_database(url, ensure=False)
     got: list[int] = []
@@ -36,8 +36,8 @@ def _claimer(url: str, batch: int, out: str) -> None:
 
 
 def run(url: str, n_jobs: int, procs: int, batch: int, tmp: Path) -> dict[str, float | int | str]:
-    from common import jobs
-    from common.db import Database
+    from common.store import jobs
+    from common.store.db import Database
 
     db = Database(url)
     db.upgrade()
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-    from common.db import scratch_database
+    from common.devkit.scratch import scratch_database
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-claim-"))
     rows = []

@@ -91,7 +91,7 @@ class LoggedServer:
 
 
 def crawl_hosts(n_hosts: int, pages: int, images: int, delay: float, settle: float) -> dict[str, Any]:
-    from common.settings import ScrapeSettings
+    from common.core.settings import ScrapeSettings
     from worker_scrape.crawler import Crawler, ImageCandidate, ImageOutcome
     from worker_scrape.sites import parse_sites
 
@@ -133,7 +133,7 @@ def crawl_hosts(n_hosts: int, pages: int, images: int, delay: float, settle: flo
 
 
 def _asset_rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
-    from common.images import phash_bands
+    from common.store.rows import phash_bands
 
     rows = []
     for _ in range(n):
@@ -148,10 +148,10 @@ def _asset_rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
 def pairing_costs(sizes: list[int], trials: int) -> list[dict[str, Any]]:
     from sqlalchemy import insert
 
-    from common.db import Database
-    from common.models import Asset
-    from common.pairing import pair_new_assets, pair_tryon
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.domain.pairing import pair_new_assets, pair_tryon
+    from common.store.db import Database
+    from common.store.rows import Asset
 
     tmp = tempfile.mkdtemp(prefix="bench-pairing-")
     os.environ["SYNTHPIPE_DATA_DIR"] = tmp

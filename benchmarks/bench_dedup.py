@@ -29,8 +29,7 @@ THRESHOLD, TOLERANCE = 4, 24
 def _fill(db, n: int, rng: random.Random) -> list[str]:  # type: ignore[no-untyped-def]
     from sqlalchemy import insert
 
-    from common.images import phash_bands
-    from common.models import Asset
+    from common.store.rows import Asset, phash_bands
 
     hashes = [f"{rng.getrandbits(64):016x}" for _ in range(n)]
     with db.session() as s:
@@ -57,7 +56,7 @@ def _probes(hashes: list[str], k: int, rng: random.Random) -> list[str]:
 
 
 def _time(db, probes: list[str], use_bands: bool) -> tuple[float, list[int | None]]:  # type: ignore[no-untyped-def]
-    from common.assets import find_near_duplicate
+    from common.media.assets import find_near_duplicate
 
     found = []
     with db.session() as s:
@@ -68,7 +67,7 @@ def _time(db, probes: list[str], use_bands: bool) -> tuple[float, list[int | Non
 
 
 def run(url: str, sizes: list[int], lookups: int, scan_lookups: int) -> list[dict[str, object]]:
-    from common.db import Database
+    from common.store.db import Database
 
     db = Database(url)
     db.upgrade()
@@ -98,7 +97,7 @@ def main() -> None:
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(","))
-    from common.db import scratch_database
+    from common.devkit.scratch import scratch_database
 
     results = {"sqlite": run(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-dedup-')) / 'd.db'}", sizes,
                              args.lookups, args.scan_lookups)}

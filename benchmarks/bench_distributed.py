@@ -83,7 +83,7 @@ ORIGINAL_ENV = dict(os.environ)  # before this process points its own settings a
 
 def noop_batch(jobs: list[Any], ctx: Any) -> list[Any]:
     """A stage that does nothing: every job succeeds at once and writes no output."""
-    from common.jobs import Outcome
+    from common.store.jobs import Outcome
 
     return [Outcome.ok({"noop": True}) for _ in jobs]
 
@@ -92,8 +92,8 @@ def noop_worker(argv: list[str]) -> int:
     """``synthpipe worker ARGV`` with the named stage's batch function replaced by ``noop_batch``."""
     from dataclasses import replace
 
-    from common import stages
     from common.cli import main as cli_main
+    from common.core import stages
 
     # the registry entry names the batch function; it is imported by name on each batch
     stages.register(replace(stages.get(argv[0]), batch=f"{__name__}:noop_batch", phases=None))
@@ -199,13 +199,13 @@ def _admin(url: str) -> Any:
 
 
 def create_database(admin_url: str) -> str:
-    from common.db import create_scratch_database
+    from common.devkit.scratch import create_scratch_database
 
     return create_scratch_database(admin_url, "synthpipe_bench")
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    from common.db import drop_scratch_database
+    from common.devkit.scratch import drop_scratch_database
 
     drop_scratch_database(admin_url, url)
 
@@ -403,7 +403,7 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def env(self, workdir: Path, db_url: str) -> dict[str, str]:
-        from common.tinymodels import tiny_run_settings
+        from common.devkit.tinymodels import tiny_run_settings
 
         env = dict(ORIGINAL_ENV)  # SYNTHPIPE_* settings of the caller (a device, a dtype) carry over
         tiny = tiny_run_settings()
@@ -499,8 +499,8 @@ class Bench:
             trickles: list[JobRow] = []
             if trickle:
                 db = _in_process_db(env)
-                from common.pairing import pair
-                from common.settings import get_settings
+                from common.core.settings import get_settings
+                from common.domain.pairing import pair
 
                 # The first trickle job is a warm-up, not counted: it opens this process's
                 # producer connection to Redis, which a long-running enqueuer holds already.
@@ -547,9 +547,9 @@ def _edit_known(engine: Any, after_id: int, chain: bool) -> bool:
 
 def _in_process_db(env: dict[str, str]) -> Any:
     """This process's Database for ``env``'s settings, sending messages after commits."""
-    from common.db import get_database, reset_databases
-    from common.settings import reset_settings
-    from common.transport import install_dispatcher
+    from common.core.settings import reset_settings
+    from common.queue.dispatch import install_dispatcher
+    from common.store.db import get_database, reset_databases
 
     for key in [k for k in os.environ if k.startswith("SYNTHPIPE_")]:
         del os.environ[key]
@@ -562,8 +562,8 @@ def _in_process_db(env: dict[str, str]) -> Any:
 
 
 def _forget_in_process_db() -> None:
-    if "common.db" in sys.modules:
-        from common.db import reset_databases
+    if "common.store.db" in sys.modules:
+        from common.store.db import reset_databases
 
         reset_databases()
 
@@ -663,8 +663,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            from common import samples
-            from common.tinymodels import build_one
+            from common.devkit import samples
+            from common.devkit.tinymodels import build_one
 
             models: dict[str, str] = {}
             build_s = time.perf_counter()

@@ -120,7 +120,7 @@ def build_real(out: Path, *, init_device: str = "cpu", overrides: dict[str, dict
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from common.tinytok import write_clip_tokenizer_files
+    from common.devkit.tinytok import write_clip_tokenizer_files
     from worker_edit.tiny import save_instruct_pix2pix
 
     overrides = overrides or {}
@@ -175,7 +175,7 @@ def parameter_counts(model: Path) -> dict[str, float]:
 
 
 def make_items(n: int, resolution: int) -> list[Any]:
-    from common import samples
+    from common.devkit import samples
     from worker_edit.backends.base import EditItem
 
     return [EditItem(key=f"bench-{i}", image=samples.person(i, size=(resolution, resolution)), garments=[],

@@ -47,14 +47,14 @@ def main() -> None:
     if args.quick:
         args.jobs, args.rounds = 8, 1
 
-    from common import samples
-    from common.db import get_database, reset_databases
-    from common.ingest import ingest
-    from common.pairing import pair
-    from common.runner import StageContext, run_stage
-    from common.settings import get_settings, reset_settings
-    from common.storage import get_storage
-    from common.tinymodels import build_one, tiny_run_settings
+    from common.core.settings import get_settings, reset_settings
+    from common.dataset.ingest import ingest
+    from common.devkit import samples
+    from common.devkit.tinymodels import build_one, tiny_run_settings
+    from common.domain.pairing import pair
+    from common.runtime.runner import StageContext, run_stage
+    from common.store.db import get_database, reset_databases
+    from common.store.storage import get_storage
     from worker_edit.backends.instruct_pix2pix import InstructPix2PixBackend
     from worker_vl.backends.qwen import QwenVLBackend
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def seed(db, n: int) -> str:  # type: ignore[no-untyped-def]
-    from common.models import Asset, Decision, Edit, ItemSet, ItemSetAsset, Review, Score
     from common.review import auth
+    from common.store.rows import Asset, Decision, Edit, ItemSet, ItemSetAsset, Review, Score
 
     rng = random.Random(0)
     with db.session() as s:
@@ -65,10 +65,10 @@ def seed(db, n: int) -> str:  # type: ignore[no-untyped-def]
 def measure(url: str, n: int, repeat: int) -> dict[str, float]:
     from fastapi.testclient import TestClient
 
-    from common.db import get_database
+    from common.core.settings import ReviewSettings
     from common.review.app import create_app
-    from common.settings import ReviewSettings
-    from common.storage import Storage
+    from common.store.db import get_database
+    from common.store.storage import Storage
 
     db = get_database(url, ensure=False)
     db.upgrade()
@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                    help="admin URL: a scratch database is made next to it ('' skips PostgreSQL)")
     args = p.parse_args()
-    from common.db import scratch_database
+    from common.devkit.scratch import scratch_database
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +119,7 @@ def main() -> None:
     if args.pg_url:
         with scratch_database(args.pg_url, "synthpipe_bench") as url:
             results["postgresql"] = measure(url, args.edits, args.repeat)
-            from common.db import reset_databases
+            from common.store.db import reset_databases
 
             reset_databases()
     keys = list(next(iter(results.values())))

@@ -67,8 +67,8 @@ def main() -> None:
     from PIL import Image, ImageEnhance
     from skimage import data
 
-    from common.scoring import ScoreItem
-    from common.tinymodels import build_one
+    from common.devkit.tinymodels import build_one
+    from common.domain.scoring import ScoreItem
     from worker_score.backends import get_scorer
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-score-"))

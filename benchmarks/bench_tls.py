@@ -158,8 +158,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            from common import samples
-            from common.tinymodels import build_one
+            from common.devkit import samples
+            from common.devkit.tinymodels import build_one
 
             certs = tmp / "certs"
             subprocess.run([str(bd.ROOT / "scripts" / "make-certs.sh"), str(certs)], check=True,

@@ -79,7 +79,7 @@ def main() -> int:
     args = p.parse_args()
     import torch
 
-    from common.tinymodels import build_one
+    from common.devkit.tinymodels import build_one
 
     torch.set_num_threads(1)
     targets = ["edit", "vl"] if args.target == "both" else [args.target]

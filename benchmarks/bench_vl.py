@@ -62,9 +62,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from common import samples
-    from common.prompts import render_for
-    from common.schemas import analysis_json_schema
+    from common.core.prompts import render_for
+    from common.devkit import samples
+    from common.domain.schemas import analysis_json_schema
     from worker_vl.backends.base import VLItem
     from worker_vl.backends.qwen import QwenVLBackend
     from worker_vl.tiny import build_tiny_vl

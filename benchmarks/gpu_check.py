@@ -105,9 +105,9 @@ def _peak_gib(device: str) -> float | None:
 
 
 def _vl_items(n: int) -> list[Any]:
-    from common import samples
-    from common.prompts import render_for
-    from common.schemas import analysis_json_schema
+    from common.core.prompts import render_for
+    from common.devkit import samples
+    from common.domain.schemas import analysis_json_schema
     from worker_vl.backends.base import VLItem
 
     keywords = {"occasion": "office day", "season": "autumn", "setting": "studio", "lighting": "soft daylight",
@@ -126,7 +126,7 @@ def section_checks(device: str, dry: bool) -> dict[str, Any]:
     import torch
     from bench_edit import make_items
 
-    from common.tinymodels import build_one
+    from common.devkit.tinymodels import build_one
     from worker_edit.backends.instruct_pix2pix import InstructPix2PixBackend
     from worker_vl.backends.qwen import QwenVLBackend
     from worker_vl.service import parse_analysis
@@ -194,7 +194,7 @@ def _pinning(device: str) -> dict[str, Any]:
     import torch
 
     count = torch.cuda.device_count()
-    probe = ("import json, torch; from common.gpumetrics import GpuCollector; "
+    probe = ("import json, torch; from common.observability.gpu import GpuCollector; "
              "print(json.dumps([torch.cuda.device_count(), torch.cuda.get_device_name(0) if torch.cuda.device_count() "
              "else None, [c['gpu'] for c in GpuCollector().cards()]]))")
     seen = {}
@@ -289,10 +289,10 @@ def _preprocessor_size(folder: Path, side: int) -> None:
 
 
 def section_score(device: str, dry: bool) -> dict[str, Any]:
-    from common import samples
-    from common.backends import load_backend
-    from common.scoring import ScoreItem
-    from common.tinymodels import build_one
+    from common.core.backends import load_backend
+    from common.devkit import samples
+    from common.devkit.tinymodels import build_one
+    from common.domain.scoring import ScoreItem
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu-score-"))
     n, batch = (4, 2) if dry else (64, 32)

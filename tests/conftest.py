@@ -21,8 +21,8 @@ def _clear_synthpipe_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test gets its own data dir and fresh settings/engine caches."""
-    from common.db import reset_databases
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import reset_databases
 
     _clear_synthpipe_env(monkeypatch)
     data = tmp_path / "data"
@@ -36,13 +36,13 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def _create_pg_database() -> str:
-    from common.db import create_scratch_database
+    from common.devkit.scratch import create_scratch_database
 
     return create_scratch_database(PG_ADMIN_URL, "synthpipe_test")
 
 
 def _drop_pg_database(url: str) -> None:
-    from common.db import drop_scratch_database
+    from common.devkit.scratch import drop_scratch_database
 
     drop_scratch_database(PG_ADMIN_URL, url)
 
@@ -52,7 +52,7 @@ def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on 127.0.0.1, dropped afterwards."""
     url = _create_pg_database()
     yield url
-    from common.db import reset_databases
+    from common.store.db import reset_databases
 
     reset_databases()
     _drop_pg_database(url)
@@ -66,7 +66,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         url = _create_pg_database()
         yield url
-        from common.db import reset_databases
+        from common.store.db import reset_databases
 
         reset_databases()
         _drop_pg_database(url)
@@ -74,8 +74,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def db(db_url: str, monkeypatch: pytest.MonkeyPatch):  # -> Database, upgraded to head
-    from common.db import get_database
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import get_database
 
     monkeypatch.setenv("SYNTHPIPE_DATABASE_URL", db_url)
     reset_settings()
@@ -92,7 +92,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vl(tiny_dir: Path) -> Path:
     """A tiny random-weight Qwen2.5-VL checkpoint, built once per test session."""
-    from common.tinymodels import build_one
+    from common.devkit.tinymodels import build_one
 
     return build_one("vl", tiny_dir)
 
@@ -100,15 +100,15 @@ def tiny_vl(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_dir: Path) -> dict[str, Path]:
     """Tiny random-weight checkpoints of every backend, built once per test session."""
-    from common.tinymodels import build_all
+    from common.devkit.tinymodels import build_all
 
     return build_all(tiny_dir)
 
 
 def use_tiny_models(monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> None:
     """Point the settings at tiny checkpoints with settings that suit them on a CPU."""
-    from common.settings import reset_settings
-    from common.tinymodels import settings_for
+    from common.core.settings import reset_settings
+    from common.devkit.tinymodels import settings_for
 
     for key, value in settings_for(models).items():
         monkeypatch.setenv(key, value)

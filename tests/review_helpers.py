@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from common.assets import Provenance, register_image_bytes
-from common.db import Database
-from common.models import Decision, Edit, ItemSet, ItemSetAsset, Score
-from common.settings import ImageSettings
-from common.storage import Storage
+from common.core.settings import ImageSettings
+from common.media.assets import Provenance, register_image_bytes
+from common.store.db import Database
+from common.store.rows import Decision, Edit, ItemSet, ItemSetAsset, Score
+from common.store.storage import Storage
 
 
 def png(seed: int, size: int = 64) -> bytes:

@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from common.cli import main
-from common.models import Adapter, Edit, Job, Review, Reviewer, Score, Snapshot
+from common.store.rows import Adapter, Edit, Job, Review, Reviewer, Score, Snapshot
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,10 +24,10 @@ def one_torch_thread():
 
 
 def _ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
@@ -44,8 +44,8 @@ def test_character_flywheel_two_rounds_report_and_rerun(tiny_models: dict[str, P
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from skimage import data
 
-    from common.ingest import ingest
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.dataset.ingest import ingest
 
     use_tiny_models(monkeypatch, tiny_models)
     for key, value in {"TRAIN__CHARACTER_STEPS": "4", "TRAIN__CHARACTER_LR": "0.2", "TRAIN__CHARACTER_RESOLUTION": "32",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common import security
 from common.cli import build_parser
+from common.core import security
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ("docker-compose.yml", "docker-compose.worker.yml")
@@ -89,8 +89,8 @@ def test_every_synthpipe_service_passes_the_start_up_rule(name: str) -> None:
         with pytest.raises(LookupError, match="REDIS_PASSWORD"):
             interpolate(svc["environment"]["SYNTHPIPE_BROKER_URL"], {**env, "REDIS_PASSWORD": ""})
         # an empty S3 setting is no setting: compose passes unset variables as ""
-        from common.settings import StorageSettings
-        from common.storage import storage_options
+        from common.core.settings import StorageSettings
+        from common.store.storage import storage_options
 
         s3 = StorageSettings(**{k.split("__", 1)[1].lower(): interpolate(v, env) for k, v in
                                 svc["environment"].items() if k.startswith("SYNTHPIPE_STORAGE__")})

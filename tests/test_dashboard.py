@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from common.metrics import SPEC_BY_NAME, SPECS, sample_names
+from common.observability.metrics import SPEC_BY_NAME, SPECS, sample_names
 
 ROOT = Path(__file__).resolve().parent.parent
 MON = ROOT / "monitoring"

@@ -8,10 +8,13 @@ import random
 import pytest
 from sqlalchemy import insert, select, text
 
-from common.assets import find_near_duplicate
-from common.db import Database
-from common.images import BANDED_MAX_DISTANCE, PHASH_BANDS, colour_distance, hamming, phash_bands
-from common.models import Asset
+from common.media.assets import find_near_duplicate
+from common.media.images import (
+    colour_distance,
+    hamming,
+)
+from common.store.db import Database
+from common.store.rows import BANDED_MAX_DISTANCE, PHASH_BANDS, Asset, phash_bands
 
 GREY = "80" * 27  # a 3x3 colour signature, mid grey
 
@@ -119,7 +122,7 @@ def test_assets_stored_without_bands_are_still_found(db: Database) -> None:
 def test_migrations_go_down_and_up_with_assets_in_item_sets(db: Database) -> None:
     """SQLite alters a table by rebuilding it; with item sets referencing assets that must not
     trip the foreign keys, and nothing may be lost on the way down and up."""
-    from common.pairing import create_item_set
+    from common.domain.pairing import create_item_set
 
     with db.session() as s:
         s.execute(insert(Asset), [_asset_row(i, f"{i:016x}") for i in (1, 2)])

@@ -23,7 +23,7 @@ def test_compose_has_every_service_wired() -> None:
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
     assert services["migrate"]["command"] == ["db", "upgrade"] and services["migrate"]["restart"] == "no"
-    from common import stages
+    from common.core import stages
 
     workers = {f"{stage}-worker" for stage in stages.names()}
     assert workers <= set(services), f"no compose worker for {workers - set(services)}"  # every queue is served
@@ -60,7 +60,7 @@ def test_dockerfile_copies_existing_paths() -> None:
 
 
 def test_settings_reference_is_generated_from_the_current_settings() -> None:
-    from common.settings_doc import settings_reference
+    from common.core.settings_doc import settings_reference
 
     current = (Path(__file__).resolve().parents[1] / "docs" / "SETTINGS.md").read_text()
-    assert current == settings_reference(), "run: python -m common.settings_doc > docs/SETTINGS.md"
+    assert current == settings_reference(), "run: python -m common.core.settings_doc > docs/SETTINGS.md"

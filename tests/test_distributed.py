@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from common import samples
-from common.models import Analysis, Edit, Job, JobEvent
+from common.devkit import samples
+from common.store.rows import Analysis, Edit, Job, JobEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -140,8 +140,8 @@ class Cluster:
 
 @pytest.fixture
 def cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path], tmp_path: Path) -> Iterator[Cluster]:
-    from common.db import Database
-    from common.tinymodels import tiny_run_settings
+    from common.devkit.tinymodels import tiny_run_settings
+    from common.store.db import Database
 
     Database(pg_url).upgrade()
     env = {
@@ -210,7 +210,7 @@ def test_stages_chain_and_sigkill_mid_batch_finishes_exactly_once(cluster: Clust
 
 
 def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster) -> None:
-    from common import stages
+    from common.core import stages
 
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "6", "--seed", "2")
@@ -228,7 +228,7 @@ def test_sigterm_is_a_warm_shutdown_and_duplicates_are_harmless(cluster: Cluster
     # the same message delivered twice more, for a finished job
     job_id = cluster.scalar(select(func.min(Job.id)).where(Job.stage == "vl"))
     env = dict(cluster.env)
-    code = ("import sys; from common.celery_app import get_app; app = get_app(); "
+    code = ("import sys; from common.queue.app import get_app; app = get_app(); "
             f"[app.send_task({stages.get('vl').task_name!r}, args=[{job_id}], queue='vl', routing_key='vl') for _ in range(2)]")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     time.sleep(3)
@@ -257,7 +257,7 @@ def test_poison_job_ends_dead_while_others_finish_and_a_retry_sends_it_again(clu
     cluster.env["SYNTHPIPE_CELERY__RESEND_AFTER_S"] = "600"  # only messages bring jobs back, no sweep
     _photos(cluster)
     cluster.cli("pair", "--recipe", "tryon", "--limit", "3", "--seed", "3")
-    code = ("from common import jobs; from common.db import get_database; from common.transport import "
+    code = ("from common.store import jobs; from common.store.db import get_database; from common.queue.dispatch import "
             "install_dispatcher\ndb = get_database(); install_dispatcher(db)\n"
             "with db.session() as s:\n    jobs.enqueue(s, 'vl', 'vl:poison', {'item_set_id': 'not-a-number'})")
     subprocess.run([sys.executable, "-c", code], env=cluster.env, check=True, timeout=60)

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from common.errors import ConfigError  # noqa: E402
+from common.core.errors import ConfigError  # noqa: E402
 from worker_edit.backends import EDIT_BACKENDS as BACKENDS
 from worker_edit.backends import MIN_STEPS, SCHEDULERS, get_backend  # noqa: E402
 from worker_edit.backends.base import (  # noqa: E402
@@ -129,7 +129,7 @@ def test_registry() -> None:
 def test_load_failures_are_settings_errors_naming_the_fix(tmp_path) -> None:
     import requests
 
-    from common.errors import model_load_error
+    from common.core.errors import model_load_error
 
     missing = get_backend("instruct-pix2pix", model=str(tmp_path / "no-such-checkpoint"))
     with pytest.raises(ConfigError, match="could not be loaded"):

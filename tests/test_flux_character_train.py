@@ -14,7 +14,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from common.cli import main
-from common.models import Adapter, Asset, AssetLineage, Decision, Edit, Job
+from common.store.rows import Adapter, Asset, AssetLineage, Decision, Edit, Job
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,10 +26,10 @@ def one_torch_thread():
 
 
 def _ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
@@ -50,9 +50,9 @@ def test_character_lora_lowers_its_loss_and_generate_uses_it(tiny_models: dict[s
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from skimage import data
 
-    from common.ingest import ingest
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.dataset.ingest import ingest
+    from common.runtime.runner import run_all
 
     use_tiny_models(monkeypatch, tiny_models)
     for key, value in {"GENERATE__IDENTITY_SCORE": "false", "TRAIN__CHARACTER_STEPS": "80",
@@ -111,7 +111,7 @@ def test_character_lora_lowers_its_loss_and_generate_uses_it(tiny_models: dict[s
         assert np.abs(_pixels(ctx, before) - _pixels(ctx, after)).mean() > 0.5
 
     # a character adapter is a FLUX transformer LoRA: it loads into the Kontext editor too
-    from common.adapters import materialize, resolve_adapter
+    from common.domain.adapters import materialize, resolve_adapter
     from worker_edit.backends import get_backend
     from worker_edit.backends.base import EditItem
 
@@ -125,7 +125,7 @@ def test_character_lora_lowers_its_loss_and_generate_uses_it(tiny_models: dict[s
     assert out.error is None and out.image is not None and kontext.params()["lora_path"] == str(folder)
 
     # ... and the edit stage loads it there when told to (enrich set → VL → flux-kontext + adapter)
-    from common.pairing import pair
+    from common.domain.pairing import pair
 
     monkeypatch.setenv("SYNTHPIPE_EDIT__BACKEND_ENRICH", "flux-kontext")
     monkeypatch.setenv("SYNTHPIPE_EDIT__KONTEXT_ADAPTER", "latest")

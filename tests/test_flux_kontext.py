@@ -11,8 +11,8 @@ from conftest import use_tiny_models
 from PIL import Image
 from sqlalchemy import select
 
-from common.errors import ConfigError
-from common.models import Edit, Job
+from common.core.errors import ConfigError
+from common.store.rows import Edit, Job
 from worker_edit.backends import get_backend
 from worker_edit.backends.base import EditItem
 from worker_edit.tiny import build_tiny_flux_kontext
@@ -133,13 +133,13 @@ def test_lora_adapter_loads_and_changes_the_edit(kontext, kontext_dir: Path, tmp
 def test_enrich_set_is_edited_end_to_end_with_flux_kontext(tiny_models: dict[str, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """ingest a character photo → pair (enrich) → VL → edit with flux-kontext, on the local runner."""
-    from common import samples
-    from common.db import get_database
-    from common.ingest import ingest
-    from common.pairing import pair
-    from common.runner import StageContext, run_all
-    from common.settings import get_settings, reset_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings, reset_settings
+    from common.dataset.ingest import ingest
+    from common.devkit import samples
+    from common.domain.pairing import pair
+    from common.runtime.runner import StageContext, run_all
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     use_tiny_models(monkeypatch, tiny_models)
     monkeypatch.setenv("SYNTHPIPE_EDIT__BACKEND_ENRICH", "flux-kontext")

@@ -9,7 +9,7 @@ from PIL import Image
 from sqlalchemy import func, select
 from test_distributed import Cluster, cluster, redis_server  # noqa: F401  (fixtures)
 
-from common.models import AssetLineage, Edit, Score
+from common.store.rows import AssetLineage, Edit, Score
 
 
 def test_generate_jobs_reach_a_worker_and_their_images_are_scored(cluster: Cluster,  # noqa: F811

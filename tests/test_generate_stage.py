@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from common.cli import main
-from common.models import Asset, AssetLineage, Edit, Job, Score
+from common.store.rows import Asset, AssetLineage, Edit, Job, Score
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,10 +25,10 @@ def one_torch_thread():
 
 
 def _ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
@@ -42,7 +42,7 @@ def _ingest_astronaut(tmp: Path) -> tuple[int, Path]:
     """A real face photo (scikit-image's astronaut, public domain) as a character asset."""
     from skimage import data
 
-    from common.ingest import ingest
+    from common.dataset.ingest import ingest
 
     path = tmp / "astronaut.png"
     Image.fromarray(data.astronaut()).resize((256, 256)).save(path)
@@ -60,7 +60,7 @@ def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
 
 def test_generate_makes_character_assets_with_lineage_and_identity_scores(
         tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from common.runner import run_all
+    from common.runtime.runner import run_all
 
     asset_id, path = _ingest_astronaut(tmp_path)
     got = _json(capsys, ["generate", "--character", str(asset_id), "--n", "3", "--seed", "5", "--json"])
@@ -102,9 +102,9 @@ def test_generate_makes_character_assets_with_lineage_and_identity_scores(
 def test_same_prompt_and_seed_is_a_duplicate_and_is_skipped(batch_size: int, tiny: dict[str, Path], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from common import jobs as jobstore
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_all
+    from common.store import jobs as jobstore
 
     monkeypatch.setenv("SYNTHPIPE_GENERATE__IDENTITY_SCORE", "false")
     monkeypatch.setenv("SYNTHPIPE_GENERATE__BATCH_SIZE", str(batch_size))
@@ -132,7 +132,7 @@ def test_same_prompt_and_seed_is_a_duplicate_and_is_skipped(batch_size: int, tin
 
 def test_bad_characters_and_adapters_are_one_line_errors(tiny: dict[str, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from common.ingest import ingest
+    from common.dataset.ingest import ingest
 
     asset_id, _ = _ingest_astronaut(tmp_path)
     garment = tmp_path / "garment.png"
@@ -152,9 +152,9 @@ def test_generate_on_postgres_records_lineage_once(tiny: dict[str, Path], tmp_pa
                                                    capsys: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Distributed mode's database: the same jobs, assets and lineage rows, and a rerun adds none."""
-    from common.db import get_database
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_all
+    from common.store.db import get_database
 
     monkeypatch.setenv("SYNTHPIPE_DATABASE_URL", pg_url)
     monkeypatch.setenv("SYNTHPIPE_GENERATE__IDENTITY_SCORE", "false")

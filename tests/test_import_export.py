@@ -115,7 +115,7 @@ BAD_CODES = {3: "image.corrupt", 4: "import.prompt_missing", 5: "image.too_small
 
 def test_imagefolder_import_rejects_bad_rows_with_codes_and_reimports_nothing(
         db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from common.models import Asset, Edit, ItemSet, Job
+    from common.store.rows import Asset, Edit, ItemSet, Job
 
     folder = _imagefolder(tmp_path / "pairs", _good_rows() + _bad_rows())
     code, got, err = _cli(capsys, "import", str(folder), "--json")
@@ -154,7 +154,7 @@ def _content_addressed(uri: str) -> bool:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from common.models import Edit
+    from common.store.rows import Edit
 
     # diffusers' InstructPix2Pix training data: input_image, edit_prompt, edited_image, in data/*.parquet;
     # a row naming a file outside the dataset is refused (a real image, but not the dataset's to give)
@@ -200,9 +200,9 @@ def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
 def _decide(db: Any, edit_id: int, metrics: dict[str, dict[str, float]], judge: dict[str, Any] | None = None) -> str:
     """Store scores for ``edit_id`` the way the score stage does, and decide it with the real
     decision step and the default thresholds."""
-    from common.decide import decide_edit
-    from common.models import Score
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.domain.decide import decide_edit
+    from common.store.rows import Score
 
     with db.session() as s:
         for scorer, values in metrics.items():
@@ -226,7 +226,7 @@ NO_FACE = {"change": {"ssim": 0.6, "mad": 0.1},
 
 
 def _imported(db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[int]:
-    from common.models import Edit
+    from common.store.rows import Edit
 
     folder = _imagefolder(tmp_path / "pairs", _good_rows() + [
         {"input": _photo(40), "edited": _noise(140), "prompt": "never scored"}])
@@ -330,9 +330,9 @@ def test_export_refuses_a_folder_it_did_not_write_and_says_when_nothing_matches(
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here depends on the database
 def test_own_export_reimports_into_a_fresh_store(db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import get_database, reset_databases
-    from common.models import Edit, ItemSet
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import get_database, reset_databases
+    from common.store.rows import Edit, ItemSet
 
     _imported(db, tmp_path, capsys)
     for fmt in ("imagefolder", "parquet"):
@@ -418,7 +418,7 @@ def test_real_photos_import_score_export_give_the_right_decisions(
     """`synthpipe import` -> `run --stage score` -> `export`, with the real dlib face weights."""
     import datasets
 
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
 
     monkeypatch.setenv("SYNTHPIPE_SCORE__SCORERS", "change,identity")
     reset_settings()

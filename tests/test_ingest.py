@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common import samples
-from common.errors import ImageRejected
-from common.images import dhash, hamming, load_image
-from common.settings import ImageSettings
+from common.core.errors import ImageRejected
+from common.core.settings import ImageSettings
+from common.devkit import samples
+from common.media.images import dhash, hamming, load_image
 
 LIMITS = ImageSettings(max_bytes=2_000_000, max_pixels=4_000_000, min_side=32)
 
@@ -133,11 +133,11 @@ def test_perceptual_hash_sees_reencoding_as_near() -> None:
 
 
 def test_ingest_accounts_for_every_file(tmp_path: Path, isolated_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import get_database
-    from common.ingest import ingest
-    from common.models import Asset
-    from common.settings import get_settings, reset_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings, reset_settings
+    from common.dataset.ingest import ingest
+    from common.store.db import get_database
+    from common.store.rows import Asset
+    from common.store.storage import get_storage
 
     monkeypatch.setenv("SYNTHPIPE_IMAGES__MAX_BYTES", str(LIMITS.max_bytes))
     monkeypatch.setenv("SYNTHPIPE_IMAGES__MIN_SIDE", "32")
@@ -180,7 +180,7 @@ def test_ingest_accounts_for_every_file(tmp_path: Path, isolated_settings: Path,
 
 
 def test_storage_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.storage import Storage, sha256_hex
+    from common.store.storage import Storage, sha256_hex
 
     store = Storage((tmp_path / "objects").as_uri())
     data = b"x" * 10_000
@@ -201,7 +201,7 @@ def test_storage_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_storage_works_on_any_fsspec_url() -> None:
-    from common.storage import Storage
+    from common.store.storage import Storage
 
     store = Storage("memory://synthpipe-test/objects")
     obj = store.put(b"hello", "txt")
@@ -255,8 +255,8 @@ def test_help_is_fast_and_imports_no_heavy_library() -> None:
 
 
 def test_settings_from_toml_and_unknown_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.errors import ConfigError
-    from common.settings import load_settings
+    from common.core.errors import ConfigError
+    from common.core.settings import load_settings
 
     cfg = tmp_path / "synthpipe.toml"
     cfg.write_text('vl_model = "/models/vl"\n[edit]\nsteps = 7\n')

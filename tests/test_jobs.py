@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from common import jobs as jobstore
-from common.db import Database, get_database
-from common.errors import ConfigError, InputError, TransientError
-from common.jobs import Outcome
-from common.models import Job
+from common.core.errors import ConfigError, InputError, TransientError
+from common.store import jobs as jobstore
+from common.store.db import Database, get_database
+from common.store.jobs import Outcome
+from common.store.rows import Job
 
 
 def _queue(db: Database, n: int, stage: str = "vl", max_attempts: int = 3) -> list[int]:
@@ -89,7 +89,7 @@ def test_claim_prefers_named_ids(db: Database) -> None:
 
 
 def test_retry_backs_off_then_dead_at_cap(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.settings import get_settings, reset_settings
+    from common.core.settings import get_settings, reset_settings
 
     monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "1.5")  # long enough to observe on a busy machine
     reset_settings()
@@ -138,7 +138,7 @@ def test_writer_runs_in_the_recording_transaction(db: Database) -> None:
 
 
 def _claimer(url: str, out: str, batch: int, ready: Any) -> None:
-    from common.db import get_database
+    from common.store.db import get_database
 
     db = get_database(url, ensure=False)
     db.engine.connect().close()
@@ -172,8 +172,8 @@ def test_concurrent_claimers_never_share_a_job(db: Database, tmp_path: Path) -> 
 
 CLAIM_AND_HANG = """
 import sys, time
-from common import jobs
-from common.db import get_database
+from common.store import jobs
+from common.store.db import get_database
 db = get_database(sys.argv[1], ensure=False)
 got = jobs.claim(db, "vl", 5, worker="doomed", lease_s=float(sys.argv[2]))
 print(",".join(str(j.id) for j in got), flush=True)
@@ -210,7 +210,7 @@ def test_lease_expiry_on_last_attempt_is_dead(db: Database) -> None:
 def test_status_counts_have_every_stage_and_status(db: Database) -> None:
     _queue(db, 2, stage="edit")
     counts = jobstore.counts(db)
-    from common import stages
+    from common.core import stages
 
     assert set(counts) == set(stages.names()) >= {"scrape", "vl", "edit", "score", "train", "generate"}
     for by in counts.values():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common.scoring import ScoreItem
+from common.domain.scoring import ScoreItem
 
 pytest.importorskip("xgrammar")
 
@@ -25,7 +25,7 @@ def _items(n: int) -> list[ScoreItem]:
 
 
 def _judge(model: Path, **kw):  # type: ignore[no-untyped-def]
-    from common.backends import load_backend
+    from common.core.backends import load_backend
 
     opts = {"model": str(model), "device": "cpu", "dtype": "float32", "min_pixels": 4 * 28 * 28,
             "max_pixels": 16 * 28 * 28, "max_new_tokens": 2048, **kw}
@@ -57,8 +57,8 @@ def test_a_verdict_cut_short_is_a_judge_failure_with_its_raw_text(tiny_vl: Path)
 
 
 def test_the_judge_shares_the_vl_stages_resident_model(tiny_vl: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.resident import on_device
-    from common.settings import get_settings, reset_settings
+    from common.core.settings import get_settings, reset_settings
+    from common.runtime.resident import on_device
     from worker_vl.service import backend_options, resident_backend
 
     for key, value in {"SYNTHPIPE_VL_MODEL": str(tiny_vl), "SYNTHPIPE_VL__DEVICE": "cpu",

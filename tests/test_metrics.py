@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from common.models import Job
+from common.store.rows import Job
 
 # the same stage in this process and in the worker's: its behaviour is chosen per job by payload
 PLUGIN = '''
 import time
-from common import stages
-from common.errors import InputError, TransientError
-from common.jobs import Outcome
+from common.core import stages
+from common.core.errors import InputError, TransientError
+from common.store.jobs import Outcome
 
 CRAWL = {"site": "shop-a", "pages_visited": 3, "pages_failed": 1,
          "images_by_status": {"registered": 2, "rejected: image.too_small": 1}}
@@ -55,8 +55,8 @@ PLAN = ["ok"] * 4 + ["crawl", "skip", "bad", "bad", "flaky"]
 
 @pytest.fixture
 def toy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from common import stages
-    from common.settings import reset_settings
+    from common.core import stages
+    from common.core.settings import reset_settings
 
     folder = tmp_path / "plugin"
     folder.mkdir()
@@ -74,7 +74,7 @@ def toy_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 def _enqueue(db, sleep: float = 0.0) -> None:  # type: ignore[no-untyped-def]
-    from common import jobs as jobstore
+    from common.store import jobs as jobstore
 
     with db.session() as s:
         for i, do in enumerate(PLAN):
@@ -110,12 +110,12 @@ def _free_port() -> int:
 
 
 def test_store_gauges_over_http_equal_the_store_after_a_local_run(toy_plugin: Path, db) -> None:  # type: ignore[no-untyped-def]
-    from common import jobs as jobstore
-    from common.metrics import serve_store
-    from common.models import Asset
-    from common.runner import StageContext, run_stage
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.observability.metrics import serve_store
+    from common.runtime.runner import StageContext, run_stage
+    from common.store import jobs as jobstore
+    from common.store.rows import Asset
+    from common.store.storage import get_storage
 
     _enqueue(db)
     with db.session() as s:
@@ -157,9 +157,9 @@ def test_prefork_worker_metrics_add_up_across_children_and_match_the_store(
     from sqlalchemy import create_engine
     from test_distributed import RedisServer, _wait
 
-    from common.db import Database, get_database
-    from common.settings import reset_settings
-    from common.transport import install_dispatcher
+    from common.core.settings import reset_settings
+    from common.queue.dispatch import install_dispatcher
+    from common.store.db import Database, get_database
 
     redis = RedisServer(tmp_path)
     redis.start()
@@ -278,7 +278,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_watch_frames_show_counts_rates_and_time_left() -> None:
-    from common.watch import Snapshot, rate, render
+    from common.observability.watch import Snapshot, rate, render
 
     first = Snapshot(0.0, {"vl": {"queued": 10, "running": 0, "succeeded": 0}})
     mid = Snapshot(10.0, {"vl": {"queued": 6, "running": 2, "succeeded": 2}})
@@ -344,7 +344,7 @@ class _Cards:
                                             ("GPU-bbb", [1]), ("0,x,2", [0]), ("7", [])])
 def test_gpu_metrics_report_the_cards_a_pin_leaves(pin: str | None, cards: list[int],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.gpumetrics import _visible
+    from common.observability.gpu import _visible
 
     if pin is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -354,7 +354,7 @@ def test_gpu_metrics_report_the_cards_a_pin_leaves(pin: str | None, cards: list[
 
 
 def test_gpu_metrics_without_a_card_are_absent_not_an_error() -> None:
-    from common.gpumetrics import GpuCollector
+    from common.observability.gpu import GpuCollector
 
     collector = GpuCollector()
     try:

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from common import jobs as jobstore
-from common import stages
-from common.errors import ConfigError, InputError
-from common.jobs import ClaimedJob, Outcome
-from common.overlap import OverlapStats, Phases, run_overlapped
-from common.runner import StageContext, run_stage
+from common.core import stages
+from common.core.errors import ConfigError, InputError
+from common.runtime.overlap import OverlapStats, Phases, run_overlapped
+from common.runtime.runner import StageContext, run_stage
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
 
 EVENTS: list[tuple[str, str, int, float]] = []  # (phase, "start"|"end", first job id, time)
 LOCK = threading.Lock()
@@ -59,8 +59,8 @@ process_batch = PHASES.whole
 
 @pytest.fixture
 def ctx(db, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    from common.settings import get_settings, reset_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings, reset_settings
+    from common.store.storage import get_storage
 
     stages.register(stages.Stage("toy", "test_overlap:process_batch", "toy.run", phases="test_overlap:PHASES"))
     monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "0.05")
@@ -107,7 +107,7 @@ def test_overlapped_run_records_what_the_serial_run_records_while_phases_overlap
 
 
 def test_the_runner_overlaps_only_when_the_setting_is_on(ctx: StageContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.settings import get_settings, reset_settings
+    from common.core.settings import get_settings, reset_settings
 
     _enqueue(ctx, ["ok"] * 6)
     run_stage("toy", ctx, batch_size=2)

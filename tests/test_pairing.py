@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from common import samples
-from common.models import Asset, ItemSet, Job
+from common.devkit import samples
+from common.store.rows import Asset, ItemSet, Job
 
 
 def _ingest(folder: Path, role: str) -> None:
-    from common.db import get_database
-    from common.ingest import ingest
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.dataset.ingest import ingest
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     report = ingest(folder, role, db=get_database(), storage=get_storage(), settings=get_settings())
     assert not report.rejected
@@ -31,16 +31,16 @@ def photos(tmp_path: Path) -> dict[str, Path]:
 
 
 def _pair(recipe: str, **kw):  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.pairing import pair
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.domain.pairing import pair
+    from common.store.db import get_database
 
     with get_database().session() as s:
         return pair(s, get_settings(), recipe, **kw)
 
 
 def _sets(recipe: str) -> list[ItemSet]:
-    from common.db import get_database
+    from common.store.db import get_database
 
     with get_database().session() as s:
         sets = s.scalars(select(ItemSet).where(ItemSet.recipe == recipe).order_by(ItemSet.id)).all()
@@ -68,8 +68,8 @@ def test_tryon_sets_are_valid_distinct_and_reproducible(photos: dict[str, Path])
 
 
 def test_same_seed_same_sets_across_databases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import reset_databases
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import reset_databases
 
     runs = []
     for name in ("a", "b"):
@@ -101,7 +101,7 @@ def test_enrich_makes_n_variations_per_character(photos: dict[str, Path]) -> Non
 
 
 def test_each_set_queues_exactly_one_vl_job(photos: dict[str, Path]) -> None:
-    from common.db import get_database
+    from common.store.db import get_database
 
     _pair("tryon", limit=4, seed=2)
     _pair("enrich", seed=2)
@@ -117,9 +117,9 @@ def test_each_set_queues_exactly_one_vl_job(photos: dict[str, Path]) -> None:
 
 def test_custom_keyword_file_is_used_and_validated(photos: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.errors import ConfigError
-    from common.keywords import load_keywords
-    from common.settings import get_settings, reset_settings
+    from common.core.errors import ConfigError
+    from common.core.keywords import load_keywords
+    from common.core.settings import get_settings, reset_settings
 
     kw = tmp_path / "kw.yaml"
     kw.write_text("context:\n  occasion: [gala]\n  season: [winter]\n  setting: [ballroom]\n  lighting: [candle]\n"
@@ -161,9 +161,9 @@ def test_pair_cli_json(photos: dict[str, Path]) -> None:
 def test_persons_stored_before_any_garment_are_paired_when_garments_arrive(tmp_path: Path) -> None:
     """Crawl order decides whether person photos or garments are stored first; either way every
     person photo ends up in a try-on set (the crawler pairs as it stores)."""
-    from common.db import get_database
-    from common.pairing import pair_new_assets
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.domain.pairing import pair_new_assets
+    from common.store.db import get_database
 
     folders = samples.write_samples(tmp_path / "photos", persons=3, garments=2, characters=0, seed=5)
     db, settings = get_database(), get_settings()
@@ -201,8 +201,8 @@ def test_a_set_made_by_another_process_meanwhile_is_not_an_error(pg_url: str) ->
 
     from sqlalchemy.orm import Session
 
-    from common.db import Database
-    from common.pairing import create_item_set
+    from common.domain.pairing import create_item_set
+    from common.store.db import Database
 
     db = Database(pg_url)
     db.upgrade()

@@ -11,9 +11,9 @@ from conftest import use_tiny_models
 from PIL import Image
 from sqlalchemy import select
 
-from common import samples
-from common.errors import InputError
-from common.models import Edit, Job
+from common.core.errors import InputError
+from common.devkit import samples
+from common.store.rows import Edit, Job
 
 EXPECTED_COLUMNS = {"input_image", "edit_prompt", "edited_image", "garment_images", "analysis", "confidence",
                     "feasibility", "source_urls", "sites", "categories", "vl_model", "edit_model", "seed",
@@ -21,17 +21,17 @@ EXPECTED_COLUMNS = {"input_image", "edit_prompt", "edited_image", "garment_image
 
 
 def _ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
 
 def _ingest_and_pair(tmp: Path, *, persons: int, garments: int, characters: int, tryon: int) -> None:
-    from common.ingest import ingest
-    from common.pairing import pair
+    from common.dataset.ingest import ingest
+    from common.domain.pairing import pair
 
     ctx = _ctx()
     for role, folder in samples.write_samples(tmp / "photos", persons=persons, garments=garments,
@@ -53,8 +53,8 @@ def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
 def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[str, Path], tmp_path: Path) -> None:
     import datasets
 
-    from common.export import export
-    from common.runner import run_all
+    from common.dataset.export import export
+    from common.runtime.runner import run_all
 
     _ingest_and_pair(tmp_path, persons=2, garments=3, characters=5, tryon=2)
     ctx = _ctx()
@@ -102,9 +102,9 @@ def test_five_characters_give_twenty_five_edits_and_the_export_loads(tiny: dict[
 
 def test_same_job_and_seed_give_the_same_image(tiny: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import reset_databases
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_all
+    from common.store.db import reset_databases
 
     outputs = []
     for name in ("first", "second"):
@@ -121,8 +121,8 @@ def test_same_job_and_seed_give_the_same_image(tiny: dict[str, Path], tmp_path: 
 
 def test_multi_image_editor_for_tryon_by_setting(tiny: dict[str, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_all
 
     monkeypatch.setenv("SYNTHPIPE_EDIT__BACKEND_TRYON", "qwen-image-edit-plus")
     monkeypatch.setenv("SYNTHPIPE_PAIRING__MAX_GARMENTS", "2")
@@ -139,8 +139,8 @@ def test_multi_image_editor_for_tryon_by_setting(tiny: dict[str, Path], tmp_path
 
 
 def test_contact_sheet_renders_in_headless_chromium(tiny: dict[str, Path], tmp_path: Path) -> None:
-    from common.export import export
-    from common.runner import run_all
+    from common.dataset.export import export
+    from common.runtime.runner import run_all
 
     _ingest_and_pair(tmp_path, persons=2, garments=2, characters=0, tryon=2)
     ctx = _ctx()
@@ -166,10 +166,10 @@ def test_black_output_is_a_recorded_failure_not_a_dataset_row(tiny: dict[str, Pa
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from common.export import export
-    from common.runner import run_all
-    from common.settings import reset_settings
-    from common.summary import summarise
+    from common.core.settings import reset_settings
+    from common.dataset.export import export
+    from common.dataset.summary import summarise
+    from common.runtime.runner import run_all
 
     # a saved checkpoint whose VAE decoder ends in a constant -10: every image decodes black
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(tiny["edit"]), safety_checker=None)
@@ -239,13 +239,13 @@ def test_demo_command_runs_end_to_end_on_its_own_defaults_and_reruns_cleanly(tmp
 def test_models_tiny_prints_settings_that_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from common.settings import load_settings
+    from common.core.settings import load_settings
 
     out = subprocess.run([sys.executable, "-m", "common.cli", "models", "tiny", str(tmp_path / "m"), "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
-    from common.tinymodels import TINY_MODELS
+    from common.devkit.tinymodels import TINY_MODELS
 
     assert set(got["paths"]) == {t.name for t in TINY_MODELS}  # every backend's checkpoint, FLUX ones too
     assert all((Path(p) / "model_index.json").is_file() or (Path(p) / "config.json").is_file()

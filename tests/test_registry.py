@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from common.models import Job, JobEvent
+from common.store.rows import Job, JobEvent
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 
@@ -32,8 +32,8 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 
 
 def _queue_toy(db_url: str, numbers: list[int]) -> None:
-    from common import jobs as jobstore
-    from common.db import get_database
+    from common.store import jobs as jobstore
+    from common.store.db import get_database
 
     db = get_database(db_url)
     with db.session() as s:
@@ -45,7 +45,7 @@ def _queue_toy(db_url: str, numbers: list[int]) -> None:
 def toy_registered(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     import importlib
 
-    from common import stages
+    from common.core import stages
 
     monkeypatch.syspath_prepend(str(PLUGINS))
     importlib.reload(importlib.import_module("toy_stage"))  # registers the stage (again, if a test removed it)
@@ -69,8 +69,8 @@ def test_a_toy_stage_runs_in_local_mode_through_the_cli(tmp_path: Path, toy_regi
 def test_dead_jobs_are_retried_and_queued_ones_cancelled_from_the_cli(tmp_path: Path, toy_registered: None) -> None:
     """What a user does after forgetting a setting: the jobs die, the setting is fixed, ``jobs
     retry`` puts them back and a run finishes them; ``jobs cancel`` takes queued jobs out."""
-    from common import jobs as jobstore
-    from common.db import get_database
+    from common.store import jobs as jobstore
+    from common.store.db import get_database
 
     env = _env(tmp_path, SYNTHPIPE_PLUGINS="toy_stage")
     flag = tmp_path / "setting-fixed"
@@ -107,7 +107,7 @@ def test_dead_jobs_are_retried_and_queued_ones_cancelled_from_the_cli(tmp_path: 
 def test_a_toy_stage_runs_through_a_real_celery_worker(tmp_path: Path, pg_url: str, toy_registered: None) -> None:
     from test_distributed import RedisServer, _wait
 
-    from common.db import Database
+    from common.store.db import Database
 
     Database(pg_url).upgrade()
     redis = RedisServer(tmp_path)
@@ -121,7 +121,7 @@ def test_a_toy_stage_runs_through_a_real_celery_worker(tmp_path: Path, pg_url: s
     engine = create_engine(pg_url)
     try:
         # jobs queued by a producer process: its commit sends their messages on the toy queue
-        code = ("import toy_stage; from common.cli.base import context; from common import jobs; ctx = context()\n"
+        code = ("import toy_stage; from common.cli.base import context; from common.store import jobs; ctx = context()\n"
                 "with ctx.db.session() as s:\n    [jobs.enqueue(s, 'toy', f'toy:{n}', {'n': n}) for n in (4, 5, -2)]")
         producer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
         assert producer.returncode == 0, producer.stderr
@@ -154,7 +154,7 @@ def test_an_overlapping_celery_worker_prepares_the_next_batch_while_the_model_ru
     the messages of the jobs it took find them done and claim nothing."""
     from test_distributed import RedisServer, _wait
 
-    from common.db import Database
+    from common.store.db import Database
 
     monkeypatch.syspath_prepend(str(PLUGINS))
     Database(pg_url).upgrade()
@@ -170,7 +170,7 @@ def test_an_overlapping_celery_worker_prepares_the_next_batch_while_the_model_ru
     engine = create_engine(pg_url)
     n_jobs = 6
     try:
-        code = ("import toy_phased; from common.cli.base import context; from common import jobs; ctx = context()\n"
+        code = ("import toy_phased; from common.cli.base import context; from common.store import jobs; ctx = context()\n"
                 f"with ctx.db.session() as s:\n    [jobs.enqueue(s, 'toyp', f'toyp:{{n}}', {{'n': n}}) "
                 f"for n in range({n_jobs})]")
         producer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
@@ -209,7 +209,7 @@ def test_main_can_be_called_repeatedly_in_one_process(tmp_path: Path) -> None:
 
 
 def test_settings_leave_the_workers_unimported(tmp_path: Path) -> None:
-    code = ("import sys; from common.settings import get_settings; get_settings(); import common.cli; "
+    code = ("import sys; from common.core.settings import get_settings; get_settings(); import common.cli; "
             "from common.cli import build_parser; build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('worker_') "
             "or m.split('.')[0] in ('torch', 'transformers', 'diffusers', 'selenium')))")
@@ -256,7 +256,7 @@ def test_a_missing_extra_names_its_install_command(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['selenium'] = None; sys.modules['celery'] = None\n"
             "from common.cli import main\n"
             "from common.cli.base import context\n"
-            "from common import jobs\n"
+            "from common.store import jobs\n"
             "ctx = context()\n"
             "with ctx.db.session() as s: jobs.enqueue(s, 'scrape', 'scrape:x', {})\n"
             "codes = [main(['run', '--stage', 'scrape']), main(['worker', 'vl'])]\n"

@@ -13,9 +13,9 @@ from test_pipeline import _ctx, _ingest_and_pair
 @pytest.mark.parametrize("exclusive", [True, False])
 def test_a_local_run_holds_one_model_per_device_when_exclusive(exclusive: bool, tiny_models: dict[str, Path],
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.resident import clear_all, on_device
-    from common.runner import run_all
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.resident import clear_all, on_device
+    from common.runtime.runner import run_all
 
     use_tiny_models(monkeypatch, tiny_models)
     for key, value in {"SYNTHPIPE_MODELS__EXCLUSIVE_PER_DEVICE": str(exclusive).lower(),

@@ -11,13 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 from review_helpers import Spec, add_edit
 
-from common.db import get_database
-from common.review import auth, queries
-from common.review.agreement import agreement_summary, krippendorff_alpha
+from common.core.settings import ReviewSettings, get_settings
+from common.domain import review_queue as queries
+from common.domain.agreement import agreement_summary, krippendorff_alpha
+from common.domain.final_decision import final_decisions
+from common.review import auth
 from common.review.app import create_app
-from common.review.final import final_decisions
-from common.settings import ReviewSettings, get_settings
-from common.storage import get_storage
+from common.store.db import get_database
+from common.store.storage import get_storage
 
 A, R = "accept", "reject"
 
@@ -163,7 +164,7 @@ def test_final_decision_majority_tie_and_ai(env):
 def test_export_follows_the_final_decision(env, tmp_path, fmt: str):
     import json
 
-    from common.export import export
+    from common.dataset.export import export
 
     db, storage = env
     ai = ["accepted", "accepted", "rejected", "rejected", "accepted"]

@@ -15,12 +15,12 @@ from review_helpers import Spec, add_edit
 from sqlalchemy import func, select
 
 from common.cli import main
-from common.db import get_database
-from common.models import Review, Reviewer, ReviewLoginFailure, ReviewSession
+from common.core.settings import ReviewSettings, get_settings
 from common.review import auth
 from common.review.app import create_app, is_loopback
-from common.settings import ReviewSettings, get_settings
-from common.storage import get_storage
+from common.store.db import get_database
+from common.store.rows import Review, Reviewer, ReviewLoginFailure, ReviewSession
+from common.store.storage import get_storage
 
 PASSWORD = "correct horse 42"
 

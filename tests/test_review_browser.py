@@ -18,12 +18,12 @@ import pytest
 from review_helpers import Spec, add_edit
 from sqlalchemy import select
 
-from common.db import Database, get_database
-from common.models import Review, Reviewer
+from common.core.settings import ReviewSettings, get_settings
 from common.review import auth
 from common.review.app import create_app
-from common.settings import ReviewSettings, get_settings
-from common.storage import get_storage
+from common.store.db import Database, get_database
+from common.store.rows import Review, Reviewer
+from common.store.storage import get_storage
 
 pytestmark = pytest.mark.browser
 PASSWORD = "a long enough password"

@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from review_helpers import Spec, add_edit
 
-from common.db import get_database
+from common.core.settings import ReviewSettings, reset_settings
+from common.domain.final_decision import final_decisions
 from common.review import auth
 from common.review.app import create_app
-from common.review.final import final_decisions
-from common.settings import ReviewSettings, reset_settings
-from common.storage import get_storage
+from common.store.db import get_database
+from common.store.storage import get_storage
 
 pytestmark = pytest.mark.postgres
 N = 24

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from common import jobs as jobstore
-from common import stages
-from common.errors import InputError, TransientError
-from common.jobs import ClaimedJob, Outcome
-from common.runner import RunStats, StageContext, run_stage
+from common.core import stages
+from common.core.errors import InputError, TransientError
+from common.runtime.runner import RunStats, StageContext, run_stage
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
 
 CALLS: list[list[int]] = []
 
@@ -49,8 +49,8 @@ def toy():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def ctx(db, monkeypatch: pytest.MonkeyPatch) -> StageContext:  # type: ignore[no-untyped-def]
-    from common.settings import get_settings, reset_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings, reset_settings
+    from common.store.storage import get_storage
 
     monkeypatch.setenv("SYNTHPIPE_JOBS__BACKOFF_BASE_S", "0.05")
     reset_settings()
@@ -81,7 +81,7 @@ def test_a_crashing_batch_retries_then_dies_without_stopping_the_run(ctx: StageC
     run_stage("toy", ctx, batch_size=1)
     counts = jobstore.counts(ctx.db)["toy"]
     assert counts == {**counts, "dead": 1, "succeeded": 2, "queued": 0, "running": 0}
-    from common.models import Job
+    from common.store.rows import Job
 
     with ctx.db.session() as s:
         dead = s.query(Job).filter_by(status="dead").one()

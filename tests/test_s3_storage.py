@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError
-from common.settings import reset_settings
-from common.storage import Storage, get_storage
+from common.core.errors import ConfigError
+from common.core.settings import reset_settings
+from common.store.storage import Storage, get_storage
 
 REGION = "eu-west-1"
 KEY, SECRET = "synthpipe-test", "synthpipe-test-secret"
@@ -75,11 +75,11 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    import common.storage
+    import common.store.storage
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(common.storage, "_STORES", {})
+    monkeypatch.setattr(common.store.storage, "_STORES", {})
     reset_settings()
 
 
@@ -140,7 +140,7 @@ def test_a_missing_bucket_is_a_settings_error_with_one_line(s3_server: S3Server,
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHPIPE_") or k.startswith("SYNTHPIPE_TEST_")}
     env.update(s3_env(s3_server.endpoint), SYNTHPIPE_DATA_DIR=str(tmp_path / "data"),
                SYNTHPIPE_STORAGE_URL="s3://no-such-bucket/objects")
-    from common.samples import write_samples
+    from common.devkit.samples import write_samples
 
     folder = write_samples(photos, persons=1, garments=0, seed=1)["person"]
     out = subprocess.run([sys.executable, "-m", "common.cli", "ingest", str(folder), "--role", "person"], env=env,
@@ -229,7 +229,7 @@ def test_a_put_that_dies_mid_way_leaves_no_object(s3_server: S3Server, tmp_path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHPIPE_") or k.startswith("SYNTHPIPE_TEST_")}
     env.update(s3_env(f"http://127.0.0.1:{proxy.port}"), SYNTHPIPE_DATA_DIR=str(tmp_path / "data"),
                SYNTHPIPE_STORAGE_URL=f"s3://{bucket}/objects")
-    code = ("import random; from common.storage import get_storage; "
+    code = ("import random; from common.store.storage import get_storage; "
             f"get_storage().put(random.Random(7).randbytes({size}), 'bin'); print('finished')")
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from common.decide import decide
-from common.errors import ConfigError, ErrorKind
-from common.scoring import ScoreItem, Scorer
-from common.settings import ScoreSettings, load_settings
+from common.core.errors import ConfigError, ErrorKind
+from common.core.settings import ScoreSettings, load_settings
+from common.domain.decide import decide
+from common.domain.scoring import ScoreItem, Scorer
 from worker_score.backends import get_scorer
 from worker_score.backends.garment import torso_box
 
@@ -119,7 +119,7 @@ def test_change_tells_unchanged_relit_and_changed_apart(pics: dict[str, Image.Im
 
 @pytest.fixture(scope="module")
 def tiny_score_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from common.tinymodels import build_one
+    from common.devkit.tinymodels import build_one
 
     out = tmp_path_factory.mktemp("score-models")
     return {name: build_one(name, out) for name in ("clip", "dino")}

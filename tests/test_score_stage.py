@@ -19,11 +19,11 @@ from sqlalchemy import func, select
 from test_distributed import Cluster, _photos, _wait, cluster, redis_server  # noqa: F401  (fixtures)
 from test_score_backends import photos
 
-from common.assets import Provenance, register_image_bytes
 from common.cli import main
-from common.models import Decision, Edit, ItemSet, ItemSetAsset, Job, Score
-from common.scorequeue import queue_score
-from common.storage import get_storage
+from common.domain.scorequeue import queue_score
+from common.media.assets import Provenance, register_image_bytes
+from common.store.rows import Decision, Edit, ItemSet, ItemSetAsset, Job, Score
+from common.store.storage import get_storage
 
 #: tiny random CLIP/DINOv2 have no opinion worth thresholding: their thresholds are opened here,
 #: so the decisions below come from the change and identity scorers (the real ones)
@@ -39,8 +39,8 @@ def pics() -> dict[str, Image.Image]:
 
 @pytest.fixture
 def score_env(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> dict[str, str]:
-    from common.settings import reset_settings
-    from common.tinymodels import build_one
+    from common.core.settings import reset_settings
+    from common.devkit.tinymodels import build_one
 
     env = {"SYNTHPIPE_SCORE__CLIP_MODEL": str(build_one("clip", tiny_dir)),
            "SYNTHPIPE_SCORE__DINO_MODEL": str(build_one("dino", tiny_dir)),
@@ -60,8 +60,8 @@ def _png(im: Image.Image) -> bytes:
 def _add_edits(pics: dict[str, Image.Image], cases: list[str]) -> dict[str, int]:
     """One try-on edit per case (input photo + one garment photo -> the case's photo), written
     through the real store and queued for scoring as an imported edit would be."""
-    from common.db import get_database
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.store.db import get_database
 
     settings = get_settings()
     db, storage = get_database(settings.database_url), get_storage(settings.storage_url)
@@ -201,8 +201,8 @@ def test_edit_chains_into_score_through_workers_and_a_killed_score_worker_loses_
 def test_a_judge_verdict_that_does_not_parse_is_a_recorded_judge_failure(
         db, score_env: dict[str, str], tiny_vl: Path, pics: dict[str, Image.Image],
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.settings import reset_settings
-    from common.tinymodels import tiny_run_settings
+    from common.core.settings import reset_settings
+    from common.devkit.tinymodels import tiny_run_settings
 
     for key, value in {**tiny_run_settings(), "SYNTHPIPE_VL_MODEL": str(tiny_vl), "SYNTHPIPE_VL__DEVICE": "cpu",
                        "SYNTHPIPE_VL__MAX_NEW_TOKENS": "6",  # a verdict cut short: it cannot parse

@@ -16,7 +16,7 @@ import contextlib
 
 from scrape_testsite import Response, SiteServer, image, make_image, page  # noqa: E402
 
-from common.settings import ScrapeSettings  # noqa: E402
+from common.core.settings import ScrapeSettings  # noqa: E402
 from worker_scrape.sites import parse_sites  # noqa: E402
 from worker_scrape.urls import TrapLimits  # noqa: E402
 
@@ -378,7 +378,7 @@ def test_one_browser_for_a_batch_and_max_pages_override():
 OPEN_BROWSER_AND_HANG = """
 import sys, time
 from worker_scrape.browser import Browser
-from common.settings import ScrapeSettings
+from common.core.settings import ScrapeSettings
 b = Browser(ScrapeSettings(user_agent="t", settle_s=0.05))
 b.render(sys.argv[1])
 print(b._profile, flush=True)

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select
 sys.path.insert(0, str(Path(__file__).parent / "sites"))
 from scrape_testsite import SiteServer, image, page  # noqa: E402
 
-from common.models import Job  # noqa: E402
+from common.store.rows import Job  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 
 def test_a_threads_pool_worker_crawls_two_sites_at_once_politely(pg_url: str, tmp_path: Path) -> None:
-    from common.db import Database
+    from common.store.db import Database
 
     Database(pg_url).upgrade()
     port = _free_port()

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "sites"))
 from scrape_testsite import Response, SiteServer, image, make_image  # noqa: E402
 
-from common.settings import ScrapeSettings  # noqa: E402
+from common.core.settings import ScrapeSettings  # noqa: E402
 from worker_scrape.errors import FetchError, OffSiteRedirect  # noqa: E402
 from worker_scrape.fetcher import Fetcher  # noqa: E402
 from worker_scrape.robots import RobotsCache  # noqa: E402

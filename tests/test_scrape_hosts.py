@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "sites"))
 from scrape_testsite import Response, SiteServer, image, page  # noqa: E402
 
-from common.settings import ScrapeSettings  # noqa: E402
+from common.core.settings import ScrapeSettings  # noqa: E402
 from worker_scrape.sites import parse_sites  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -224,8 +224,8 @@ def _sites_file(tmp_path: Path, url: str, delay: float) -> Path:
 def test_a_sigkilled_crawl_resumes_from_its_checkpoint_without_refetching(tmp_path: Path) -> None:
     from sqlalchemy import func, select
 
-    from common.db import get_database
-    from common.models import Asset, Job
+    from common.store.db import get_database
+    from common.store.rows import Asset, Job
 
     with SiteServer("127.0.0.9") as shop:
         shop.routes["/"] = page("".join(f'<a href="/p{i}">p{i}</a>' for i in range(6)))
@@ -271,8 +271,8 @@ def test_a_sigkilled_crawl_resumes_from_its_checkpoint_without_refetching(tmp_pa
 def test_a_missing_browser_is_a_settings_error_and_the_jobs_go_back(tmp_path: Path) -> None:
     from sqlalchemy import select
 
-    from common.db import get_database
-    from common.models import Job
+    from common.store.db import get_database
+    from common.store.rows import Job
 
     sites = _sites_file(tmp_path, "http://127.0.0.10:9/", 0.0)
     queued = _cli("crawl", "--sites", str(sites), "--batches", "2", "--seed", "1")

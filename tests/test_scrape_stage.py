@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from common import samples
-from common.models import Asset, ItemSet, Job
+from common.devkit import samples
+from common.store.rows import Asset, ItemSet, Job
 
 sys.path.insert(0, str(Path(__file__).parent / "sites"))
 from scrape_testsite import Response, SiteServer, page  # noqa: E402
@@ -97,7 +97,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_crawl_then_run_stores_images_with_provenance_and_fills_the_vl_queue(shop: SiteServer,
                                                                               tmp_path: Path) -> None:
-    from common.db import get_database
+    from common.store.db import get_database
 
     with shop:
         sites = _sites_file(tmp_path, shop.url("/"))
@@ -144,7 +144,7 @@ def test_crawl_then_run_stores_images_with_provenance_and_fills_the_vl_queue(sho
 
 def test_run_crawls_several_sites_at_once_with_concurrency(tmp_path: Path) -> None:
     """`run --concurrency 2` claims two crawl jobs and crawls their sites at the same time."""
-    from common.db import get_database
+    from common.store.db import get_database
 
     servers = [SiteServer(f"127.0.0.{11 + i}") for i in range(2)]
     for n, srv in enumerate(servers):

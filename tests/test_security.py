@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from common import security
-from common.errors import ConfigError
-from common.settings import load_settings
+from common.core import security
+from common.core.errors import ConfigError
+from common.core.settings import load_settings
 
 
 @pytest.mark.parametrize(("host", "loopback"), [
@@ -122,7 +122,7 @@ def test_celery_checks_the_broker_certificate_against_the_ca_file(monkeypatch: p
                                                                   tmp_path: Path) -> None:
     import ssl
 
-    from common.celery_app import celery_config
+    from common.queue.app import celery_config
 
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")

@@ -29,9 +29,9 @@ from test_distributed import (  # noqa: F401 (cluster and redis_server are fixtu
 )
 from test_s3_storage import S3Server, s3_env
 
-from common.celery_app import celery_config
-from common.models import Edit, Job
-from common.settings import load_settings
+from common.core.settings import load_settings
+from common.queue.app import celery_config
+from common.store.rows import Edit, Job
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -188,8 +188,8 @@ def test_two_machines_share_one_job_stream_over_tls(cluster: Cluster, certs: Pat
     assert vl.get("succeeded", 0) + vl.get("skipped", 0) == 6, vl
     # one more job queued with no message (a producer that lost its broker): a worker's sweeper
     # finds it and sends its message, over TLS too
-    code = ("from common.db import get_database; from common.pairing import pair; "
-            "from common.settings import get_settings\n"
+    code = ("from common.store.db import get_database; from common.domain.pairing import pair; "
+            "from common.core.settings import get_settings\n"
             "with get_database().session() as s:\n    print(pair(s, get_settings(), 'tryon', limit=1, seed=12).jobs)")
     quiet = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and quiet.stdout.split()[-1] == "1", quiet.stdout + quiet.stderr[-2000:]
@@ -214,7 +214,7 @@ def test_two_machines_share_one_job_stream_over_tls(cluster: Cluster, certs: Pat
         assert not [p for p in (cluster.tmp / host).rglob("objects/**/*") if p.is_file()], host
 
     # and readable from both machines, byte for byte what its name says
-    code = ("import hashlib, json, sys; from common.storage import get_storage; s = get_storage(); "
+    code = ("import hashlib, json, sys; from common.store.storage import get_storage; s = get_storage(); "
             "print(json.dumps([hashlib.sha256(s.get(u)).hexdigest() == u.rsplit('/', 1)[1].split('.')[0] "
             "for u in json.loads(sys.argv[1])]))")
     for host, env in machines.items():
@@ -256,8 +256,8 @@ def test_postgres_sslmode_verify_full_with_a_ca_file(certs: Path, tmp_path: Path
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from common.db import get_database, reset_databases
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import get_database, reset_databases
 
     home = Path(tempfile.mkdtemp(prefix="synthpipe-pg-"))  # outside pytest's folder, which postgres cannot enter
     proc, port = _private_postgres(certs, home)

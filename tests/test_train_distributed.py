@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from test_distributed import Cluster, RedisServer, _photos, _wait
 
-from common.models import Adapter, Decision, Edit
+from common.store.rows import Adapter, Decision, Edit
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -30,8 +30,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def train_cluster(pg_url: str, redis_server: RedisServer, tiny_models: dict[str, Path],
                   tmp_path: Path) -> Iterator[Cluster]:
-    from common.db import Database
-    from common.tinymodels import tiny_run_settings
+    from common.devkit.tinymodels import tiny_run_settings
+    from common.store.db import Database
 
     Database(pg_url).upgrade()
     env = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("SYNTHPIPE_")},

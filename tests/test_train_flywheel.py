@@ -10,7 +10,7 @@ from conftest import use_tiny_models
 from sqlalchemy import func, select
 from test_train_stage import make_edits, stage_ctx
 
-from common.models import Adapter, Edit, Snapshot
+from common.store.rows import Adapter, Edit, Snapshot
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
         "SYNTHPIPE_SCORE__TRYON__CLIP_IMAGE_MIN": "0.7",
     }.items():
         monkeypatch.setenv(key, value)
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
 
     reset_settings()
     return tiny_models
@@ -33,7 +33,7 @@ def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
 
 def test_flywheel_two_rounds_four_eval_sets_local_mode_and_rerun_continues(tiny, tmp_path: Path) -> None:
     from common.cli import main
-    from common.runner import run_all
+    from common.runtime.runner import run_all
 
     make_edits(tmp_path, persons=3, garments=3, tryon=6)
     run_all(stage_ctx(), ["score"])

@@ -10,9 +10,9 @@ import torch
 from conftest import use_tiny_models
 from sqlalchemy import select
 
-from common import jobs as jobstore
-from common import samples
-from common.models import Adapter, Analysis, Decision, Edit, Job
+from common.devkit import samples
+from common.store import jobs as jobstore
+from common.store.rows import Adapter, Analysis, Decision, Edit, Job
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,21 +24,21 @@ def one_torch_thread():
 
 
 def _ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
 
 def test_edit_plus_lora_lowers_its_loss_and_changes_the_plus_edit_for_the_same_seed(
         tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.ingest import ingest
-    from common.pairing import pair
-    from common.runner import run_all, run_stage
-    from common.settings import reset_settings
-    from common.tinymodels import multi_image_settings
+    from common.core.settings import reset_settings
+    from common.dataset.ingest import ingest
+    from common.devkit.tinymodels import multi_image_settings
+    from common.domain.pairing import pair
+    from common.runtime.runner import run_all, run_stage
     from worker_train.service import queue_train
 
     use_tiny_models(monkeypatch, tiny_models)

@@ -18,27 +18,27 @@ from conftest import use_tiny_models
 from PIL import Image
 from sqlalchemy import select
 
-from common import jobs as jobstore
-from common import samples
-from common.models import Adapter, Analysis, Decision, Edit, Job, Snapshot
+from common.devkit import samples
+from common.store import jobs as jobstore
+from common.store.rows import Adapter, Analysis, Decision, Edit, Job, Snapshot
 
 TRAIN_FLAGS = {"steps": 30, "lr": 3e-2, "resolution": 64}
 
 
 def stage_ctx():  # type: ignore[no-untyped-def]
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     return StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
 
 
 def make_edits(tmp: Path, *, persons: int = 2, garments: int = 3, tryon: int = 4) -> None:
     """Photos -> item sets -> analyses -> edits on the tiny models (score jobs stay queued)."""
-    from common.ingest import ingest
-    from common.pairing import pair
-    from common.runner import run_all
+    from common.dataset.ingest import ingest
+    from common.domain.pairing import pair
+    from common.runtime.runner import run_all
 
     ctx = stage_ctx()
     for role, folder in samples.write_samples(tmp / "photos", persons=persons, garments=garments, seed=3).items():
@@ -68,7 +68,7 @@ def tiny(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[
 
 
 def _train(target: str, **flags: object) -> Adapter:
-    from common.runner import run_stage
+    from common.runtime.runner import run_stage
     from worker_train.service import queue_train
 
     ctx = stage_ctx()
@@ -101,7 +101,7 @@ def test_snapshot_is_the_accepted_set_without_held_out_sets_and_its_hash_is_stab
 
 
 def test_people_overrule_the_ai_in_the_snapshot_and_their_accepted_edits_come_first(tiny, tmp_path: Path) -> None:
-    from common.models import Review, Reviewer
+    from common.store.rows import Review, Reviewer
     from worker_train.snapshots import freeze
 
     make_edits(tmp_path)
@@ -121,8 +121,8 @@ def test_people_overrule_the_ai_in_the_snapshot_and_their_accepted_edits_come_fi
 
 def test_edit_lora_lowers_its_loss_and_changes_the_edit_for_the_same_seed(tiny, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.runner import run_stage
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_stage
 
     make_edits(tmp_path)
     accept_all()
@@ -162,8 +162,8 @@ def test_edit_lora_lowers_its_loss_and_changes_the_edit_for_the_same_seed(tiny, 
 
 
 def test_vl_lora_lowers_its_loss_and_analyses_record_it(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.runner import run_stage
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_stage
 
     make_edits(tmp_path, tryon=3)
     accept_all()
@@ -194,9 +194,9 @@ def test_vl_lora_lowers_its_loss_and_analyses_record_it(tiny, tmp_path: Path, mo
 
 def test_unknown_adapter_is_a_settings_error_naming_the_setting(tiny, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.adapters import resolve_adapter
-    from common.errors import ConfigError
-    from common.settings import load_settings
+    from common.core.errors import ConfigError
+    from common.core.settings import load_settings
+    from common.domain.adapters import resolve_adapter
 
     with pytest.raises(ConfigError, match="edit.adapter"):
         monkeypatch.setenv("SYNTHPIPE_EDIT__ADAPTER", "newest")
@@ -212,8 +212,8 @@ def test_unknown_adapter_is_a_settings_error_naming_the_setting(tiny, tmp_path: 
 
 def test_sigkilled_train_job_resumes_from_its_last_checkpoint(tiny, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.runner import run_stage
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.runtime.runner import run_stage
     from worker_train.checkpoints import latest
     from worker_train.service import checkpoint_dir_for, queue_train
 
@@ -251,7 +251,7 @@ def test_sigkilled_train_job_resumes_from_its_last_checkpoint(tiny, tmp_path: Pa
 
 def test_cli_train_and_adapters_list(tiny, tmp_path: Path) -> None:
     from common.cli import main
-    from common.runner import run_stage
+    from common.runtime.runner import run_stage
 
     out = subprocess.run([sys.executable, "-m", "common.cli", "train", "edit", "--json"], capture_output=True,
                          text=True)

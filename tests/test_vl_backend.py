@@ -16,8 +16,8 @@ pytest.importorskip("xgrammar")
 
 from pydantic import BaseModel, Field  # noqa: E402
 
-from common.backends import VL_BACKENDS as BACKENDS
-from common.errors import ConfigError  # noqa: E402
+from common.core.backends import VL_BACKENDS as BACKENDS
+from common.core.errors import ConfigError  # noqa: E402
 from worker_vl.backends import get_backend  # noqa: E402
 from worker_vl.backends.base import Backend, VLItem, VLOutput  # noqa: E402
 from worker_vl.constrained import bound_schema  # noqa: E402
@@ -146,7 +146,7 @@ def test_long_string_bounds_compile_and_hold(backend) -> None:
 
 
 def test_project_analysis_schemas_compile(backend) -> None:
-    schemas = pytest.importorskip("common.schemas")
+    schemas = pytest.importorskip("common.domain.schemas")
     for recipe in ("tryon", "enrich"):
         assert backend.grammar_for(schemas.analysis_json_schema(recipe)) is not None
 

@@ -8,17 +8,17 @@ import pytest
 from conftest import use_tiny_models
 from sqlalchemy import select
 
-from common import samples
-from common.models import Analysis, Asset, ItemSet, Job
-from common.schemas import SCHEMA_VERSION, analysis_model
+from common.devkit import samples
+from common.domain.schemas import SCHEMA_VERSION, analysis_model
+from common.store.rows import Analysis, Asset, ItemSet, Job
 
 
 def _setup(tmp: Path, *, persons: int, garments: int, characters: int, tryon: int) -> None:
-    from common.db import get_database
-    from common.ingest import ingest
-    from common.pairing import pair
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.dataset.ingest import ingest
+    from common.domain.pairing import pair
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     folders = samples.write_samples(tmp / "photos", persons=persons, garments=garments,
                                     characters=characters, seed=11)
@@ -33,17 +33,17 @@ def _setup(tmp: Path, *, persons: int, garments: int, characters: int, tryon: in
 
 
 def _run_vl(batch_size: int | None = None) -> dict[str, int]:
-    from common.db import get_database
-    from common.runner import StageContext, run_stage
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext, run_stage
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     ctx = StageContext(settings=get_settings(), db=get_database(), storage=get_storage())
     return run_stage("vl", ctx, batch_size=batch_size).by_status
 
 
 def _analyses() -> dict[str, Analysis]:
-    from common.db import get_database
+    from common.store.db import get_database
 
     with get_database().session() as s:
         rows = s.execute(select(ItemSet.key, Analysis).join(Analysis, Analysis.item_set_id == ItemSet.id)).all()
@@ -57,8 +57,8 @@ def tiny(tiny_vl: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_both_recipes_validate_and_queue_edits_and_rerun_does_nothing(tiny: None, tmp_path: Path) -> None:
-    from common.db import get_database
-    from common.jobs import counts
+    from common.store.db import get_database
+    from common.store.jobs import counts
 
     _setup(tmp_path, persons=2, garments=3, characters=2, tryon=2)
     by_status = _run_vl(batch_size=3)
@@ -83,8 +83,8 @@ def test_both_recipes_validate_and_queue_edits_and_rerun_does_nothing(tiny: None
 
 def test_batch_gives_the_same_analyses_as_one_by_one(tiny: None, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import reset_databases
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import reset_databases
 
     runs = []
     for name, size in (("batched", 4), ("single", 1)):
@@ -99,7 +99,7 @@ def test_batch_gives_the_same_analyses_as_one_by_one(tiny: None, tmp_path: Path,
 
 
 def test_a_corrupt_image_fails_its_set_alone(tiny: None, tmp_path: Path) -> None:
-    from common.db import get_database
+    from common.store.db import get_database
 
     _setup(tmp_path, persons=2, garments=2, characters=0, tryon=3)
     db = get_database()
@@ -124,9 +124,9 @@ def test_a_corrupt_image_fails_its_set_alone(tiny: None, tmp_path: Path) -> None
 
 def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
         tiny: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from common.db import get_database
-    from common.jobs import counts
-    from common.settings import reset_settings
+    from common.core.settings import reset_settings
+    from common.store.db import get_database
+    from common.store.jobs import counts
 
     _setup(tmp_path, persons=1, garments=2, characters=1, tryon=1)  # 1 tryon + 2 enrich
     monkeypatch.setenv("SYNTHPIPE_VL__MIN_CONFIDENCE", "1.0")
@@ -136,10 +136,10 @@ def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
         first = s.scalars(select(Job).where(Job.stage == "vl").order_by(Job.id)).first()
         assert first is not None
         first_id = first.id
-    from common import jobs as jobstore
-    from common.runner import StageContext, run_claimed
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext, run_claimed
+    from common.store import jobs as jobstore
+    from common.store.storage import get_storage
 
     monkeypatch.setenv("SYNTHPIPE_VL__MAX_NEW_TOKENS", "24")
     reset_settings()
@@ -161,7 +161,7 @@ def test_gate_skips_low_confidence_and_short_budget_is_a_model_output_error(
     assert len(_analyses()) == 2  # skipped analyses are kept for inspection
     # the budget is fixed now: `jobs retry` puts the failed job back with fresh attempts, recorded
     from common.cli import main
-    from common.models import JobEvent
+    from common.store.rows import JobEvent
 
     assert main(["jobs", "retry", "--stage", "vl", "--status", "failed", "--reason", "vl.truncated"]) == 0
     assert _run_vl() == {"skipped": 1}
@@ -179,9 +179,9 @@ def test_a_misconfigured_runner_gives_the_jobs_back_uncharged(tiny: None, tmp_pa
     the same run with the setting fixed finishes them."""
     import torch
 
-    from common.db import get_database
-    from common.errors import ConfigError
-    from common.settings import reset_settings
+    from common.core.errors import ConfigError
+    from common.core.settings import reset_settings
+    from common.store.db import get_database
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA, where device=cuda is a settings error")

@@ -16,17 +16,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from common.adapters import materialize, resolve_adapter
-from common.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
-from common.errors import InputError, ModelOutputError
-from common.itemsets import ItemSetView, load_member_images, read_item_set
-from common.jobs import ClaimedJob, Outcome
-from common.models import Analysis, Edit
-from common.overlap import grouped_phases
-from common.resident import on_device
-from common.runner import StageContext
-from common.scorequeue import queue_score
-from common.settings import Settings
+from common.core.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
+from common.core.errors import InputError, ModelOutputError
+from common.core.settings import Settings
+from common.domain.adapters import materialize, resolve_adapter
+from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
+from common.domain.scorequeue import queue_score
+from common.runtime.overlap import grouped_phases
+from common.runtime.resident import on_device
+from common.runtime.runner import StageContext
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import Analysis, Edit
 from worker_edit.backends import get_backend
 from worker_edit.backends.base import EditItem, EditOutput
 
@@ -91,7 +91,7 @@ def _finish_group(group: list[_Prepared], outputs: list[EditOutput], params: dic
             for p, out in zip(group, outputs, strict=True)]
 
 
-#: the stage cut where the model call begins and ends (``common.overlap``): rows and photos are
+#: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows and photos are
 #: read and decoded per job, then one ``run_batch`` per (backend, adapter) group
 PHASES = grouped_phases("edit", prepare_one=lambda job, ctx: _prepare(job, ctx),
                         group_of=lambda p: (p.backend, p.adapter_path),

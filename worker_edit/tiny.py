@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common.tinytok import write_clip_tokenizer_files
+from common.devkit.tinytok import write_clip_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
 
     Components follow diffusers' fast tests (2-layer transformer, z_dim 4 VAE, a Qwen2.5-VL
     text encoder with 16-wide text and vision towers) with the offline tokenizer of
-    ``common.tinytok``. The layout matches the released checkpoint: ``model_index.json``
+    ``common.devkit.tinytok``. The layout matches the released checkpoint: ``model_index.json``
     names ``transformers.Qwen2VLProcessor`` and ``processor/`` holds the image processor
     config plus the tokenizer, so ``QwenImageEditPlusBackend`` loads it like the real model.
     Run it with small reference-image areas (``tiny_run_settings`` sets
@@ -134,7 +134,7 @@ def build_tiny_qwen_image_edit_plus(out_dir: str | Path) -> Path:
         Qwen2VLImageProcessorPil,
     )
 
-    from common.tinytok import build_qwen_tokenizer
+    from common.devkit.tinytok import build_qwen_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

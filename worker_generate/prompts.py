@@ -5,12 +5,9 @@ from __future__ import annotations
 import random
 import string
 
-from common.errors import ConfigError
-from common.keywords import draw, load_keywords
-from common.settings import Settings
-
-#: context axes a template may name besides ``{trigger}``
-AXES = ("setting", "lighting", "style", "season")
+from common.core.errors import ConfigError
+from common.core.keywords import draw, load_keywords
+from common.core.settings import Settings
 
 
 def template_fields(template: str) -> set[str]:

@@ -6,7 +6,7 @@ in the job, so a job makes the same image whenever it runs. ``process_batch`` re
 FLUX (one resident pipeline per adapter), and each image that is not a duplicate of a stored one
 becomes, in the job's recording transaction:
 
-- a ``character`` asset (dedup through ``common.assets``),
+- a ``character`` asset (dedup through ``common.media.assets``),
 - its ``asset_lineage`` row (provenance ``generated``: source photo, adapter, prompt, seed,
   parameters),
 - an edit row of origin ``generated`` (input: the source photo, output: the new image, no
@@ -28,18 +28,18 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common import jobs as jobstore
-from common.adapters import AdapterRef, materialize
-from common.assets import Provenance, find_near_duplicate, register_image_bytes
-from common.characters import resolve_character, resolve_character_adapter
-from common.errors import InputError, TransientError
-from common.images import load_image
-from common.jobs import ClaimedJob, Outcome
-from common.models import Adapter, Asset, AssetLineage, Edit, ItemSet, ItemSetAsset
-from common.overlap import grouped_phases
-from common.resident import on_device
-from common.runner import StageContext
-from common.settings import Settings
+from common.core.errors import InputError, TransientError
+from common.core.settings import Settings
+from common.domain.adapters import AdapterRef, materialize
+from common.domain.characters import resolve_character, resolve_character_adapter
+from common.media.assets import Provenance, find_near_duplicate, register_image_bytes
+from common.media.images import load_image
+from common.runtime.overlap import grouped_phases
+from common.runtime.resident import on_device
+from common.runtime.runner import StageContext
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import Adapter, Asset, AssetLineage, Edit, ItemSet, ItemSetAsset
 from worker_generate.backends import get_backend
 from worker_generate.backends.flux import GenerateItem, GenerateOutput
 from worker_generate.prompts import check_template, draw_prompt
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "generate"
 BACKEND = "flux"
-ADAPTER_TARGET = "character"
 
 
 # --- the generate item set ---------------------------------------------------------------------
@@ -146,7 +145,7 @@ def _finish_group(group: list[_Prepared], outputs: list[GenerateOutput], params:
             for p, out in zip(group, outputs, strict=True)]
 
 
-#: the stage cut where the model call begins and ends (``common.overlap``)
+#: the stage cut where the model call begins and ends (``common.runtime.overlap``)
 PHASES = grouped_phases("generate", prepare_one=lambda job, ctx: _prepare(job, ctx),
                         group_of=lambda p: p.adapter_path,
                         backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),
@@ -192,7 +191,7 @@ def _siblings(p: _Prepared) -> Select[Any]:
 
 def _finish(p: _Prepared, out: GenerateOutput, params: dict[str, Any], ctx: StageContext, *,
             batch_s: float, batch_size: int, made: dict[str, int]) -> Outcome:
-    from common.errors import rebuild
+    from common.core.errors import rebuild
 
     if out.image is None:
         return Outcome.from_error(rebuild(out.error_kind or "transient", out.error or "no image",
@@ -240,7 +239,7 @@ def _finish(p: _Prepared, out: GenerateOutput, params: dict[str, Any], ctx: Stag
                                  seed=p.item.seed, backend=BACKEND, model_id=str(params.get("model", "")),
                                  params=lineage_params))
         if g.identity_score and "score" in _stage_names():
-            from common.scorequeue import queue_score
+            from common.domain.scorequeue import queue_score
 
             queue_score(session, edit.id, ["identity"], item_set_id=p.item_set_id, parent_id=job.id)
 
@@ -248,6 +247,6 @@ def _finish(p: _Prepared, out: GenerateOutput, params: dict[str, Any], ctx: Stag
 
 
 def _stage_names() -> tuple[str, ...]:
-    from common import stages
+    from common.core import stages
 
     return stages.names()

@@ -1,5 +1,5 @@
 """Celery entry points of the generate stage (thin: the work is in ``worker_generate.service``)."""
 
-from common.tasks_base import stage_task
+from common.queue.tasks import stage_task
 
 render = stage_task("generate", "generate.render")

@@ -4,7 +4,7 @@
 job names one edit (``{"edit_id": …}``, optionally ``"scorers": [...]`` for a rescore). The
 scorers run batched, each over every job of the batch that asks for it, and stay resident
 between batches. Scores are written once per (edit, scorer), replacing that scorer's earlier
-row; the decision is then made from *all* stored scores of the edit (``common.decide``), so a
+row; the decision is then made from *all* stored scores of the edit (``common.domain.decide``), so a
 rescore of one scorer keeps the others'. A scorer's error on one item is stored as that
 scorer's result (and decides ``score_failed``/``judge_failed``); a transient one (out of
 memory, say) sends the job back for another attempt instead.
@@ -20,17 +20,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.backends import SCORERS
-from common.decide import decide_edit
-from common.errors import ErrorKind, ImageRejected, InputError, TransientError
-from common.images import load_image
-from common.itemsets import ItemSetView, load_member_images, read_item_set
-from common.jobs import ClaimedJob, Outcome
-from common.models import Analysis, Edit, Score, utcnow
-from common.resident import on_device
-from common.runner import StageContext
-from common.scoring import ScoreItem, ScoreOutput
-from common.settings import Settings
+from common.core.backends import SCORERS
+from common.core.errors import ErrorKind, ImageRejected, InputError, TransientError
+from common.core.settings import Settings
+from common.domain.decide import decide_edit
+from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
+from common.domain.scoring import ScoreItem, ScoreOutput
+from common.media.images import load_image
+from common.runtime.resident import on_device
+from common.runtime.runner import StageContext
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import Analysis, Edit, Score, utcnow
 from worker_score.backends import get_scorer
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Real architectures (``CLIPModel``, ``Dinov2Model``) with fixed seeds, written with
 ``save_pretrained`` and loaded back by the scorers through ``from_pretrained``, exactly like a
-hub checkpoint. The CLIP tokenizer uses the byte-level BPE merges that ``common.tinytok``
+hub checkpoint. The CLIP tokenizer uses the byte-level BPE merges that ``common.devkit.tinytok``
 trains offline, in CLIP's vocabulary layout (word-final symbols end in ``</w>``).
 """
 
@@ -21,12 +21,12 @@ PATCH_SIZE = 8
 
 
 def build_tiny_clip_tokenizer(out_dir: str | Path, vocab_size: int = 600):  # -> CLIPTokenizer
-    """A CLIP tokenizer from ``common.tinytok``'s offline BPE: ``<|startoftext|>`` 0,
+    """A CLIP tokenizer from ``common.devkit.tinytok``'s offline BPE: ``<|startoftext|>`` 0,
     ``<|endoftext|>`` 1 (also padding), the 256 byte symbols plain and word-final, then one token
     per merge. Saved to ``out_dir``; returns it loaded back."""
     from transformers import AutoTokenizer, CLIPTokenizer
 
-    from common.tinytok import train_bytelevel_bpe
+    from common.devkit.tinytok import train_bytelevel_bpe
 
     base, merges = train_bytelevel_bpe(vocab_size)
     symbols = [t for t, _ in sorted(base.items(), key=lambda kv: kv[1]) if len(t) == 1]

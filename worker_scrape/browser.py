@@ -27,7 +27,7 @@ from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from common.settings import ScrapeSettings
+from common.core.settings import ScrapeSettings
 from worker_scrape.errors import INSTALL_HINT, BrowserError, BrowserMissing, PageError
 from worker_scrape.guard import BlockedRequest, HostGuard
 

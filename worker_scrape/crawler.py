@@ -15,12 +15,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from common.settings import ScrapeSettings
+from common.core.settings import ScrapeSettings
 from worker_scrape.browser import Browser
 from worker_scrape.crawlstate import (
     CrawlReport,
@@ -56,7 +56,6 @@ from worker_scrape.urls import (
 
 log = logging.getLogger(__name__)
 
-FoundVia = Literal["start", "link", "sitemap", "image_sitemap"]
 MAX_FRONTIER_PER_PAGE = 20  # frontier bound: max_pages x this many URLs waiting
 
 

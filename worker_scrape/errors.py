@@ -1,4 +1,4 @@
-"""Errors of the scrape stage, all in :mod:`common.errors`' hierarchy with stable reason codes.
+"""Errors of the scrape stage, all in :mod:`common.core.errors`' hierarchy with stable reason codes.
 
 A fetch or page failure is a value in the crawl report (``code`` + ``message``), counted by code;
 only :class:`BrowserMissing` (a settings error: the runner gives the jobs back) and
@@ -7,7 +7,7 @@ only :class:`BrowserMissing` (a settings error: the runner gives the jobs back) 
 
 from __future__ import annotations
 
-from common.errors import ConfigError, InputError, SynthpipeError, TransientError
+from common.core.errors import ConfigError, InputError, SynthpipeError, TransientError
 
 INSTALL_HINT = "scripts/install.sh (or apt-get install -y chromium chromium-driver) installs both"
 

@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from common.settings import ScrapeSettings
+from common.core.settings import ScrapeSettings
 from worker_scrape.errors import (
     FetchRefused,
     FetchUnavailable,

@@ -20,14 +20,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from common import jobs as jobstore
-from common.assets import Provenance, register_image_bytes
-from common.errors import ConfigError, InputError
-from common.jobs import ClaimedJob, Outcome
-from common.models import Job
-from common.pairing import pair_new_assets
-from common.runner import StageContext
-from common.settings import ScrapeSettings
+from common.core.errors import ConfigError, InputError
+from common.core.settings import ScrapeSettings
+from common.domain.pairing import pair_new_assets
+from common.media.assets import Provenance, register_image_bytes
+from common.runtime.runner import StageContext
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import Job
 from worker_scrape.sites import Site, load_sites, sample_sites
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.adapters import CONFIG_NAME, WEIGHTS_NAME
-from common.models import Adapter
-from common.storage import Storage, StoredObject
+from common.domain.adapters import CONFIG_NAME, WEIGHTS_NAME
+from common.store.rows import Adapter
+from common.store.storage import Storage, StoredObject
 
 
 def store_files(storage: Storage, folder: Path, target: str) -> tuple[StoredObject, StoredObject]:

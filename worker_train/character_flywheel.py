@@ -28,10 +28,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from common.characters import resolve_character
-from common.errors import InputError
-from common.models import Adapter, Edit, ItemSetAsset, Job, Score
-from common.runner import StageContext
+from common.core.errors import InputError
+from common.domain.characters import resolve_character
+from common.runtime.runner import StageContext
+from common.store.rows import Adapter, Edit, ItemSetAsset, Job, Score
 from worker_train.flywheel import FlywheelError, _settle
 from worker_train.report import _interval_plot, _strip, _summary, bootstrap_ci
 
@@ -64,7 +64,7 @@ def _save(out_dir: Path, state: dict[str, Any]) -> None:
 
 def _enrich(ctx: StageContext, asset_id: int, timeout_s: float) -> None:
     """The enrich sets of the photo, through VL -> edit -> score (made once: the sets' keys are fixed)."""
-    from common.pairing import pair_enrich
+    from common.domain.pairing import pair_enrich
 
     with ctx.db.session() as s:
         pair_enrich(s, ctx.settings, limit=None, seed=0, characters=[asset_id])
@@ -113,7 +113,7 @@ def _generate(ctx: StageContext, out_dir: Path, state: dict[str, Any], r: int, a
 
 def collect_character_round(ctx: StageContext, r: int, adapter_id: int, keys: list[str]) -> dict[str, Any]:
     """Per generated image (in seed order): its edit, decision, identity and other metrics."""
-    from common.review.final import final_decisions
+    from common.domain.final_decision import final_decisions
 
     with ctx.db.session() as s:
         by_key = dict(s.execute(select(Job.key, Edit.id).join(Edit, Edit.job_id == Job.id)
@@ -145,8 +145,8 @@ def _embeddings(ctx: StageContext, uris: list[str]) -> dict[str, Any]:
         return {}
     import torch
 
-    from common.backends import load_backend
-    from common.images import load_image
+    from common.core.backends import load_backend
+    from common.media.images import load_image
 
     s = ctx.settings.score
     model = load_backend("scorer", "dino", model=s.dino_model, device=s.device, max_batch=s.batch_size)
@@ -314,7 +314,7 @@ images (and among all of them). Intervals are bootstrap 95% intervals.</p>
 def _photo(ctx: StageContext, asset_id: int) -> str:
     from PIL import Image
 
-    from common.models import Asset
+    from common.store.rows import Asset
 
     with ctx.db.session() as s:
         asset = s.get(Asset, asset_id)

@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from common import jobs as jobstore
-from common.errors import InputError, SynthpipeError
-from common.models import TRAIN_TARGETS, Adapter, Analysis, Edit, ItemSet, Job, Score
-from common.runner import StageContext, run_all
+from common.core.errors import InputError, SynthpipeError
+from common.runtime.runner import StageContext, run_all
+from common.store import jobs as jobstore
+from common.store.rows import TRAIN_TARGETS, Adapter, Analysis, Edit, ItemSet, Job, Score
 from worker_train.report import build_report, write_report
 from worker_train.service import queue_train
 
@@ -146,8 +146,8 @@ def _eval_round(ctx: StageContext, state: dict[str, Any], r: int, adapter_id: in
 
 def collect_round(ctx: StageContext, r: int, adapter_id: int | None, edits: dict[int, int | None]) -> dict[str, Any]:
     """What round ``r`` came to, per held-out item set: decision, reasons, numeric metrics, image."""
-    from common.models import Decision
-    from common.review.final import final_decisions
+    from common.domain.final_decision import final_decisions
+    from common.store.rows import Decision
 
     ids = [e for e in edits.values() if e is not None]
     with ctx.db.session() as s:

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common.storage import Storage
+from common.store.storage import Storage
 
 RESAMPLES = 2000
 

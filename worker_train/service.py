@@ -19,14 +19,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common import jobs as jobstore
-from common.errors import InputError
-from common.itemsets import load_member_images, read_item_set
-from common.jobs import ClaimedJob, Outcome
-from common.models import TRAIN_TARGETS, Adapter, Analysis, Edit, Snapshot
-from common.prompts import render_for
-from common.runner import StageContext
-from common.settings import Settings
+from common.core.errors import InputError
+from common.core.prompts import render_for
+from common.core.settings import Settings
+from common.domain.itemsets import load_member_images, read_item_set
+from common.runtime.runner import StageContext
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import TRAIN_TARGETS, Adapter, Analysis, Edit, Snapshot
 from worker_train import snapshots
 from worker_train.adapters import store_files
 from worker_train.trainers.loop import Hyper
@@ -126,7 +126,7 @@ def _train(job: ClaimedJob, ctx: StageContext) -> Outcome:
         raise InputError(f"snapshot {p['snapshot_id']}: none of its {len(edit_ids)} edits gives a training example "
                          f"for {target} (see the warnings)",
                          code="train.no_examples")
-    from common.resident import on_device
+    from common.runtime.resident import on_device
 
     held = on_device(ctx.settings.train.device, ctx.settings)
     if held.exclusive:  # one model per card: the stages' resident models make room for training

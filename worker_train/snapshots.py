@@ -1,7 +1,7 @@
 """Snapshots: the accepted set frozen as a stored list of edit ids with its hash.
 
 The accepted set is every edit whose final decision is ``accepted`` (people's decision over
-the AI's, from :func:`common.review.final.final_decisions`), minus the item sets held out for
+the AI's, from :func:`common.domain.final_decision.final_decisions`), minus the item sets held out for
 evaluation. People-accepted edits come first, so a trainer that reads in order sees them first.
 The hash covers the target, the ordered ids and the exclusions: freezing the same set twice
 gives the same snapshot, and a train job names exactly the data it read.
@@ -16,14 +16,14 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.errors import InputError
-from common.models import TRAIN_TARGETS, Edit, Snapshot
+from common.core.errors import InputError
+from common.store.rows import TRAIN_TARGETS, Edit, Snapshot
 
 
 def accepted_edits(session: Session, *, exclude_item_sets: Iterable[int] = ()) -> list[tuple[int, str]]:
     """``(edit id, "human" | "ai")`` of every accepted edit outside ``exclude_item_sets``,
     people-accepted first, each group in id order."""
-    from common.review.final import final_decisions
+    from common.domain.final_decision import final_decisions
 
     excluded = set(exclude_item_sets)
     item_set_of = dict(session.execute(select(Edit.id, Edit.item_set_id)).all())

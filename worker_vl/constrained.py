@@ -12,7 +12,7 @@ How it fits together:
   optional grammar per row (rows without a schema are left free), masks the logits of
   each row to the tokens its grammar allows.
 * :func:`parse_json_output` turns the decoded text into JSON or raises
-  :class:`~common.errors.ModelOutputError` (for example when ``max_new_tokens`` ran out
+  :class:`~common.core.errors.ModelOutputError` (for example when ``max_new_tokens`` ran out
   before the grammar could close the JSON).
 
 xgrammar, torch and transformers are imported inside functions.
@@ -25,7 +25,7 @@ import json
 import logging
 from typing import Any
 
-from common.errors import ModelOutputError
+from common.core.errors import ModelOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,6 @@ logger = logging.getLogger(__name__)
 #: the string never needs an escape, never breaks the JSON around it, and each character
 #: costs at most one token (the output length stays bounded by the schema).
 PRINTABLE_STRING_CLASS = r"[ !#-\[\]-~]"
-#: A wider choice: any character but control characters, DEL, ``"`` and ``\`` (non-ASCII
-#: letters allowed; a character may then cost several byte-level tokens).
-UNICODE_STRING_CLASS = r'[^\x00-\x1f\x7f"\\]'
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")

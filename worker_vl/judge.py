@@ -1,7 +1,7 @@
 """The VLM judge: a scorer that asks the Qwen-VL backend to rate an edit.
 
 It reads the input photo, the edited photo, the instruction and any garment photos, and writes
-a :class:`~common.schemas.JudgeVerdict` under the JSON-schema grammar. A verdict that does not
+a :class:`~common.domain.schemas.JudgeVerdict` under the JSON-schema grammar. A verdict that does not
 parse is a recorded judge failure (``judge.unparseable``) with the raw text kept, never a
 guessed score. When the judge's model and options are the VL stage's, both use the same
 resident backend on the device (one copy of the weights).
@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from common.errors import ErrorKind
-from common.resident import on_device
-from common.schemas import JUDGE_SCHEMA_VERSION, JudgeVerdict
-from common.scoring import ScoreItem, ScoreOutput
+from common.core.errors import ErrorKind
+from common.domain.schemas import JUDGE_SCHEMA_VERSION, JudgeVerdict
+from common.domain.scoring import ScoreItem, ScoreOutput
+from common.runtime.resident import on_device
 from worker_vl.backends import get_backend
 from worker_vl.backends.base import VLItem
 

@@ -14,24 +14,24 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from common import jobs as jobstore
-from common.adapters import materialize, resolve_adapter
-from common.errors import InputError, ModelOutputError
-from common.itemsets import ItemSetView, load_member_images, read_item_set
-from common.jobs import ClaimedJob, Outcome
-from common.models import Analysis
-from common.overlap import grouped_phases
-from common.prompts import render_for
-from common.resident import on_device
-from common.runner import StageContext
-from common.schemas import (
+from common.core.errors import InputError, ModelOutputError
+from common.core.prompts import render_for
+from common.core.settings import Settings
+from common.domain.adapters import materialize, resolve_adapter
+from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
+from common.domain.schemas import (
     FEASIBILITY_RANK,
     SCHEMA_VERSION,
     EditCore,
     analysis_json_schema,
     analysis_model,
 )
-from common.settings import Settings
+from common.runtime.overlap import grouped_phases
+from common.runtime.resident import on_device
+from common.runtime.runner import StageContext
+from common.store import jobs as jobstore
+from common.store.jobs import ClaimedJob, Outcome
+from common.store.rows import Analysis
 from worker_vl.backends import get_backend
 from worker_vl.backends.base import VLItem, VLOutput
 
@@ -75,7 +75,7 @@ def _finish_group(group: list[_Prepared], outputs: list[VLOutput], params: dict[
             for p, out in zip(group, outputs, strict=True)]
 
 
-#: the stage cut where the model call begins and ends (``common.overlap``): rows, images and
+#: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows, images and
 #: prompts are prepared per job, then one constrained ``generate`` per adapter group
 PHASES = grouped_phases("vl", prepare_one=lambda job, ctx: _prepare(job, ctx), group_of=lambda p: p.adapter_path,
                         backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),

@@ -1,5 +1,5 @@
 """Celery entry points of the VL stage (thin: the work is in ``worker_vl.service``)."""
 
-from common.tasks_base import stage_task
+from common.queue.tasks import stage_task
 
 analyze = stage_task("vl", "vl.analyze")

@@ -1,7 +1,7 @@
 """A tiny random-weight Qwen2.5-VL checkpoint, built offline for tests and smoke runs.
 
 The checkpoint has the real architecture (vision tower with window attention, merger,
-M-RoPE text decoder) at toy sizes, the offline tokenizer from :mod:`common.tinytok`, and
+M-RoPE text decoder) at toy sizes, the offline tokenizer from :mod:`common.devkit.tinytok`, and
 an image processor config, so it loads with ``QwenVLBackend(model=str(path))`` exactly as
 a hub checkpoint would.
 """
@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from worker_vl.chat_template import QWEN_VL_CHAT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +38,13 @@ def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path
     from transformers import GenerationConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from common.tinytok import QWEN_VL_CHAT_TEMPLATE, build_qwen_tokenizer
+    from common.devkit.tinytok import build_qwen_tokenizer
 
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture {architecture!r}: allowed {', '.join(ARCHITECTURES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_qwen_tokenizer(out)
+    tokenizer = build_qwen_tokenizer(out, chat_template=QWEN_VL_CHAT_TEMPLATE)
     ids = {
         t: tokenizer.convert_tokens_to_ids(t)
         for t in (

@@ -15,7 +15,7 @@ import os
 import sys
 
 from common.cli.base import Parser
-from common.errors import ConfigError, InputError, SynthpipeError
+from common.core.errors import ConfigError, InputError, SynthpipeError
 
 log = logging.getLogger("synthpipe")
 
@@ -67,8 +67,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common import stages
-    from common.settings import get_settings
+    from common.core import stages
+    from common.core.settings import get_settings
 
     try:
         settings = get_settings()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthpipe {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as exc:  # an optional extra that is not installed: say which
-        from common.extras import missing_extra
+        from common.core.extras import missing_extra
 
         hint = missing_extra(exc)
         if hint is None:

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from common.runner import StageContext
+    from common.runtime.runner import StageContext
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
@@ -22,15 +22,15 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 def context() -> StageContext:
     """The stage context of a command: settings, database (upgraded), storage; in distributed
     mode the database also sends the messages of the jobs a command queues."""
-    from common.db import get_database
-    from common.runner import StageContext
-    from common.settings import get_settings
-    from common.storage import get_storage
+    from common.core.settings import get_settings
+    from common.runtime.runner import StageContext
+    from common.store.db import get_database
+    from common.store.storage import get_storage
 
     settings = get_settings()
     db = get_database(settings.database_url, settings=settings)
     if settings.distributed:
-        from common.transport import install_dispatcher
+        from common.queue.dispatch import install_dispatcher
 
         install_dispatcher(db)
     return StageContext(settings=settings, db=db, storage=get_storage(settings.storage_url))
@@ -60,7 +60,7 @@ def unit_interval(text: str) -> float:
 
 def stage_choices(*, with_all: bool = False) -> list[str]:
     """Stage names from the registry, for ``choices=``."""
-    from common import stages
+    from common.core import stages
 
     return [*stages.names(), *(["all"] if with_all else [])]
 

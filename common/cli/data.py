@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from common.cli.base import context, emit, positive
-from common.errors import InputError
+from common.core.errors import InputError
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from common.db import get_database
+    from common.store.db import get_database
 
     db = get_database(ensure=False)
     if args.db_command == "upgrade":
@@ -26,7 +26,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from common.ingest import ingest
+    from common.dataset.ingest import ingest
 
     path = Path(args.path)
     if not path.exists():
@@ -40,7 +40,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from common.pairing import pair
+    from common.domain.pairing import pair
 
     ctx = context()
     with ctx.db.session() as s:

@@ -11,7 +11,7 @@ from common.cli.base import context, emit, positive, unit_interval
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from common.importer import ColumnMap, import_pairs
+    from common.dataset.importer import ColumnMap, import_pairs
 
     ctx = context()
     columns = ColumnMap(input=args.input_column, prompt=args.prompt_column, edited=args.edited_column,
@@ -26,11 +26,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from common.export import export
+    from common.dataset.export import export
 
     ctx = context()
     if args.snapshot is not None:  # exactly what one train job read, for outside trainers
-        from common.export_snapshot import export_snapshot
+        from common.dataset.snapshot import export_snapshot
 
         done = export_snapshot(ctx.db, ctx.storage, args.snapshot, Path(args.out_dir))
         emit(args, done, f"exported snapshot {args.snapshot} ({done['rows']} examples) to {args.out_dir}: "

@@ -7,12 +7,13 @@ import sys
 import threading
 from typing import Any
 
-from common.errors import ConfigError
+from common.core.errors import ConfigError
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from common.cli.base import context
-    from common.metrics import serve_store
+    from common.observability.collector import serve_store
+    from common.queue.broker import BrokerQueues
 
     try:
         import prometheus_client  # noqa: F401
@@ -23,7 +24,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     port = args.port or m.port
     address = args.address or m.address
     try:
-        server = serve_store(ctx.db, ctx.settings, port, address)
+        queues = BrokerQueues(ctx.settings) if ctx.settings.broker_url else None
+        server = serve_store(ctx.db, ctx.settings, port, address, queues)
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None
     sys.stderr.write(f"metrics on http://{address}:{server.server_port}/metrics (Ctrl-C stops)\n")

@@ -11,7 +11,7 @@ from common.cli.base import emit, positive
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    from common.tinymodels import build_all, multi_image_settings, settings_for
+    from common.devkit.tinymodels import build_all, multi_image_settings, settings_for
 
     written = build_all(Path(args.out_dir))
     env = settings_for(written)
@@ -25,7 +25,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from common.demo import run_demo
+    from common.devkit.demo import run_demo
 
     result = run_demo(Path(args.dir), persons=args.persons, garments=args.garments, characters=args.characters)
     emit(args, result, "\n".join([

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli.base import context, emit, positive, stage_choices
-from common.errors import InputError
+from common.core.errors import InputError
 
 
 def cmd_crawl(args: argparse.Namespace) -> int:
@@ -30,8 +30,8 @@ def cmd_crawl(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from common import stages
-    from common.runner import run_all
+    from common.core import stages
+    from common.runtime.runner import run_all
 
     ctx = context()
     if args.concurrency is not None:
@@ -46,14 +46,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from common.status import status_report, status_text
+    from common.observability.status import status_report, status_text
 
     ctx = context()
     if args.watch:
         if args.interval <= 0:
             raise InputError(f"--interval must be above 0 seconds, got {args.interval}")
-        from common import jobs as jobstore
-        from common.watch import watch
+        from common.observability.watch import watch
+        from common.store import jobs as jobstore
 
         return watch(lambda: jobstore.counts(ctx.db), interval=args.interval)
     report = status_report(ctx.db)
@@ -62,7 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from common import jobs as jobstore
+    from common.store import jobs as jobstore
 
     ctx = context()
     statuses = [args.status] if args.status else None
@@ -111,7 +111,7 @@ def register(sub: Any) -> None:
 
     j = sub.add_parser("jobs", help="list, retry or cancel jobs (every change is recorded on the job)")
     js = j.add_subparsers(dest="jobs_command", required=True)
-    from common.models import STATUSES
+    from common.store.rows import STATUSES
 
     for name, what in (("list", "list jobs"), ("retry", "put failed or dead jobs back in the queue with fresh attempts"),
                        ("cancel", "cancel queued jobs")):

@@ -7,7 +7,7 @@ import getpass
 import sys
 from typing import Any
 
-from common.errors import InputError
+from common.core.errors import InputError
 
 
 def _read_password(name: str) -> str:
@@ -21,8 +21,8 @@ def _read_password(name: str) -> str:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from common.db import get_database
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.store.db import get_database
 
     settings = get_settings()
     db = get_database(settings.database_url)
@@ -45,7 +45,7 @@ def cmd_review(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     from common.review.app import is_loopback, serve
-    from common.storage import get_storage
+    from common.store.storage import get_storage
 
     host = args.host or settings.review.host
     port = args.port or settings.review.port

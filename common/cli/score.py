@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from common.cli.base import context, emit
-from common.errors import InputError
+from common.core.errors import InputError
 
 
 def _scorer_list(text: str) -> list[str]:
-    from common.backends import SCORERS
+    from common.core.backends import SCORERS
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCORERS]
@@ -25,7 +25,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.redecide:
         if args.scorers:
             raise InputError("--scorers goes with --rescore; --redecide runs no scorer")
-        from common.decide import redecide_all
+        from common.domain.decide import redecide_all
 
         with ctx.db.session() as s:
             decided = redecide_all(s, ctx.settings)
@@ -37,8 +37,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     from sqlalchemy import select
 
-    from common.models import Edit, utcnow
-    from common.scorequeue import queue_score
+    from common.domain.scorequeue import queue_score
+    from common.store.rows import Edit, utcnow
 
     scorers = _scorer_list(args.scorers) if args.scorers else list(ctx.settings.score.scorers)
     token = utcnow().strftime("%Y%m%dT%H%M%S%f")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli.base import context, emit, positive
-from common.errors import InputError
+from common.core.errors import InputError
 
 
 def _positive_float(text: str) -> float:

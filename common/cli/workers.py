@@ -6,14 +6,14 @@ import argparse
 from typing import Any
 
 from common.cli.base import positive, stage_choices
-from common.errors import ConfigError, InputError
+from common.core.errors import ConfigError, InputError
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import importlib
     import os
 
-    from common import stages
+    from common.core import stages
 
     stage = stages.get(args.stage)
     if args.gpu is not None:  # before anything can import torch and see every card
@@ -28,10 +28,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["SYNTHPIPE_JOBS__OVERLAP"] = "true"
     from celery import signals
 
-    from common.celery_app import get_app, task_for
-    from common.db import get_database, reset_databases
-    from common.settings import get_settings, reset_settings
-    from common.transport import Sweeper, reset_worker_context
+    from common.core.settings import get_settings, reset_settings
+    from common.queue.app import get_app
+    from common.queue.consumer import reset_worker_context
+    from common.queue.sweeper import Sweeper
+    from common.queue.tasks import task_for
+    from common.store.db import get_database, reset_databases
 
     reset_settings()
     settings = get_settings()
@@ -49,7 +51,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signals.worker_ready.connect(lambda **_: sweeper.start(), weak=False)
     pool = args.pool or ("solo" if args.concurrency == 1 else stage.pool)
     if args.metrics_port is not None:  # before the pool forks: children write files the parent sums
-        from common.metrics import serve_worker
+        from common.observability.serving import serve_worker
 
         serve_worker(stage.name, args.metrics_port, settings, pool=pool)
     card = f"gpu{args.gpu}" if args.gpu is not None else "cpu"
@@ -62,8 +64,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    from common.celery_app import get_app
-    from common.settings import get_settings
+    from common.core.settings import get_settings
+    from common.queue.app import get_app
 
     settings = get_settings()
     fl = settings.flower

@@ -22,12 +22,13 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from common.db import Database
-from common.errors import InputError
-from common.review import auth, queries
-from common.review.agreement import agreement_summary
-from common.settings import ReviewSettings
-from common.storage import Storage
+from common.core.errors import InputError
+from common.core.settings import ReviewSettings
+from common.domain import review_queue as queries
+from common.domain.agreement import agreement_summary
+from common.review import auth
+from common.store.db import Database
+from common.store.storage import Storage
 
 log = logging.getLogger(__name__)
 

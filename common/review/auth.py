@@ -21,9 +21,9 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common.errors import InputError
-from common.models import Reviewer, ReviewLoginFailure, ReviewSession, utcnow
-from common.settings import ReviewSettings
+from common.core.errors import InputError
+from common.core.settings import ReviewSettings
+from common.store.rows import Reviewer, ReviewLoginFailure, ReviewSession, utcnow
 
 NAME_MAX = 100
 MIN_PASSWORD = 8

@@ -14,7 +14,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# The same cut as common.images.PHASH_BANDS, frozen here: a migration must not change when
+# The same cut as common.store.rows.PHASH_BANDS, frozen here: a migration must not change when
 # application code does.
 BANDS = (13, 13, 13, 13, 12)
 

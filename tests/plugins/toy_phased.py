@@ -7,9 +7,9 @@ import os
 import time
 from typing import Any
 
-from common import stages
-from common.jobs import ClaimedJob, Outcome
-from common.overlap import Phases
+from common.core import stages
+from common.runtime.overlap import Phases
+from common.store.jobs import ClaimedJob, Outcome
 
 PREPARE_S = 0.25
 RUN_S = 0.4

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from common import stages
-from common.errors import InputError
-from common.jobs import ClaimedJob, Outcome
+from common.core import stages
+from common.core.errors import InputError
+from common.store.jobs import ClaimedJob, Outcome
 
 
 def process_batch(jobs: list[ClaimedJob], ctx: Any) -> list[Outcome]:

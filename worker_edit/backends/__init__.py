@@ -1,11 +1,11 @@
-"""Edit backends. Their names are registered in ``common.backends.EDIT_BACKENDS``; a backend's
+"""Edit backends. Their names are registered in ``common.core.backends.EDIT_BACKENDS``; a backend's
 module (torch, diffusers) is imported only when it is asked for."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.backends import EDIT_BACKENDS, MIN_STEPS, SCHEDULERS, load_backend
+from common.core.backends import EDIT_BACKENDS, MIN_STEPS, SCHEDULERS, load_backend
 
 __all__ = ["EDIT_BACKENDS", "MIN_STEPS", "SCHEDULERS", "get_backend"]
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from common.devices import dtype_name, resolve_device, resolve_dtype  # noqa: F401  (re-exported: the backends import them from here)
-from common.errors import ConfigError, ErrorKind, SynthpipeError, code_of, kind_of, rebuild
+from common.core.errors import ConfigError, ErrorKind, SynthpipeError, code_of, kind_of, rebuild
+from common.runtime.devices import dtype_name, resolve_device, resolve_dtype  # noqa: F401  (re-exported: the backends import them from here)
 
 if TYPE_CHECKING:
     import torch

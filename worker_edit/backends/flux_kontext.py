@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.devices import load_pipeline
-from common.errors import ConfigError
+from common.core.errors import ConfigError
+from common.runtime.devices import load_pipeline
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from common.devices import load_pipeline
-from common.errors import ConfigError, model_load_error
+from common.core.errors import ConfigError, model_load_error
+from common.runtime.devices import load_pipeline
 from worker_edit.backends.base import (
     EditItem,
     EditOutput,

@@ -1,10 +1,10 @@
-"""Text-to-image backends. Their names are registered in ``common.backends.GENERATE_BACKENDS``."""
+"""Text-to-image backends. Their names are registered in ``common.core.backends.GENERATE_BACKENDS``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.backends import load_backend
+from common.core.backends import load_backend
 
 
 def get_backend(name: str, **kwargs: Any) -> Any:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.devices import dtype_name, load_pipeline
-from common.errors import ConfigError, ErrorKind, code_of, kind_of
+from common.core.errors import ConfigError, ErrorKind, code_of, kind_of
+from common.runtime.devices import dtype_name, load_pipeline
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Scorer backends, one file each. Their names are registered in ``common.backends.SCORERS``; a
+"""Scorer backends, one file each. Their names are registered in ``common.core.backends.SCORERS``; a
 scorer's module (torch, transformers, dlib) is imported only when it is asked for."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.backends import SCORERS, load_backend
+from common.core.backends import SCORERS, load_backend
 
 __all__ = ["SCORERS", "get_scorer"]
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from common.errors import ErrorKind, SynthpipeError, code_of, kind_of
-from common.images import to_rgb
-from common.scoring import ScoreItem, ScoreOutput
+from common.core.errors import ErrorKind, SynthpipeError, code_of, kind_of
+from common.domain.scoring import ScoreItem, ScoreOutput
+from common.media.images import to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -35,11 +35,6 @@ def failure(exc: BaseException, seconds: float = 0.0) -> ScoreOutput:
         return ScoreOutput.failed(str(exc) or code_of(exc), kind=kind_of(exc), code=code_of(exc), seconds=seconds)
     return ScoreOutput.failed(f"{type(exc).__name__}: {exc}", kind=ErrorKind.TRANSIENT, code="score.crashed",
                               seconds=seconds)
-
-
-def rgb_array(im: Image.Image) -> np.ndarray:
-    """``im`` as an RGB uint8 array (H, W, 3)."""
-    return np.asarray(to_rgb(im), dtype=np.uint8)
 
 
 def per_item(items: Sequence[ScoreItem], fn: Callable[[ScoreItem], dict[str, float]]) -> list[ScoreOutput]:
@@ -152,7 +147,7 @@ class TorchScorer:
     def load(self) -> None:
         import torch
 
-        from common.devices import resolve_device
+        from common.runtime.devices import resolve_device
 
         self.device = resolve_device(self.device_setting)
         self.dtype = torch.float32

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.errors import InputError
-from common.images import to_rgb
-from common.scoring import ScoreItem, ScoreOutput
+from common.core.errors import InputError
+from common.domain.scoring import ScoreItem, ScoreOutput
+from common.media.images import to_rgb
 from worker_score.backends.base import per_item
 
 #: a pixel "changed" when one of its channels moved by more than this (0-1)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.errors import model_load_error
-from common.scoring import ScoreItem
+from common.core.errors import model_load_error
+from common.domain.scoring import ScoreItem
 from worker_score.backends.base import (
     CLIP_MEAN,
     CLIP_STD,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.errors import ConfigError
-from common.images import to_rgb
+from common.core.errors import ConfigError
+from common.media.images import to_rgb
 
 FIVE_POINT = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"

@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-from common.images import to_rgb
-from common.scoring import ScoreItem
+from common.domain.scoring import ScoreItem
+from common.media.images import to_rgb
 from worker_score.backends.dino import DinoEmbedder
 from worker_score.backends.faces import Face, FaceModels
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from common.scoring import ScoreItem, ScoreOutput
+from common.domain.scoring import ScoreItem, ScoreOutput
 from worker_score.backends.base import per_item
 from worker_score.backends.faces import FaceModels
 

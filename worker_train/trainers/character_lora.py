@@ -29,11 +29,11 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common import jobs as jobstore
-from common.characters import resolve_character
-from common.errors import InputError, model_load_error
-from common.models import Asset, Edit, ItemSetAsset, Snapshot
-from common.settings import Settings
+from common.core.errors import InputError, model_load_error
+from common.core.settings import Settings
+from common.domain.characters import resolve_character
+from common.store import jobs as jobstore
+from common.store.rows import Asset, Edit, ItemSetAsset, Snapshot
 from worker_train.trainers import loop
 from worker_train.trainers.loop import Hyper, TrainResult
 
@@ -119,7 +119,7 @@ def queue_character_train(session: Session, settings: Settings, character: str, 
 def character_examples(ctx: Any, payload: dict[str, Any], edit_ids: list[int]) -> list[CharacterExample]:
     """The photo and the output of each accepted edit, captioned with the instance prompt; an
     image that cannot be read is left out with a warning."""
-    from common.images import load_image
+    from common.media.images import load_image
 
     prompt = INSTANCE_PROMPT.format(trigger=payload["trigger"])
     with ctx.db.session() as s:

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from common.errors import model_load_error
+from common.core.errors import model_load_error
 from worker_train.trainers import loop
 from worker_train.trainers.loop import Hyper
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.devices import resolve_device
-from common.errors import ConfigError
-from common.progress import bar
+from common.core.errors import ConfigError
+from common.core.progress import bar
+from common.runtime.devices import resolve_device
 from worker_train import checkpoints
 
 log = logging.getLogger(__name__)

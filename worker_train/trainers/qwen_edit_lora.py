@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from common.errors import model_load_error
+from common.core.errors import model_load_error
 from worker_train.trainers import loop
 from worker_train.trainers.loop import Hyper, TrainResult
 
@@ -200,8 +200,8 @@ def plus_examples(ctx: Any, edit_ids: list[int]) -> list[PlusExample]:
 
     from sqlalchemy import select
 
-    from common.itemsets import load_member_images, read_item_set
-    from common.models import Analysis, Edit
+    from common.domain.itemsets import load_member_images, read_item_set
+    from common.store.rows import Analysis, Edit
 
     with ctx.db.session() as s:
         edits = {e.id: e for e in s.scalars(select(Edit).where(Edit.id.in_(edit_ids)))}

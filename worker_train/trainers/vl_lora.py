@@ -11,7 +11,6 @@ adapter is saved in PEFT's format, which ``model.load_adapter(path)`` reads.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from typing import Any
 
 from PIL import Image
 
-from common.errors import ConfigError, InputError, model_load_error
+from common.core.errors import ConfigError, InputError, model_load_error
 from worker_train.trainers import loop
 from worker_train.trainers.loop import Hyper
+from worker_vl.chat_template import find_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class VLLoRATrainer(loop.LoRATrainer):
             raise model_load_error(self.base_model, exc) from exc
         if "device_map" not in kwargs:
             model = model.to(self.rt.device)  # type: ignore[arg-type]
-        self.chat_template = self._chat_template()
+        self.chat_template = find_chat_template(self.base_model, self.tokenizer)
         if self.quantized:
             from peft import prepare_model_for_kbit_training
 
@@ -104,23 +104,6 @@ class VLLoRATrainer(loop.LoRATrainer):
         self.image_token_id = int(token)
         self.pass_mm_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
         self.model.train()
-
-    def _chat_template(self) -> str:
-        from transformers.utils import cached_file
-
-        for name in ("chat_template.jinja", "chat_template.json"):
-            try:
-                path = cached_file(self.base_model, name, _raise_exceptions_for_missing_entries=False)
-            except OSError:
-                path = None
-            if path:
-                text = Path(path).read_text(encoding="utf-8")
-                return str(json.loads(text)["chat_template"]) if name.endswith(".json") else text
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.chat_template)
-        from common.tinytok import QWEN_VL_CHAT_TEMPLATE
-
-        return QWEN_VL_CHAT_TEMPLATE
 
     # ------------------------------------------------------------------ data
     def _encode(self, ex: VLExample) -> _Encoded:

@@ -1,11 +1,11 @@
-"""VL backends. Their names are registered in ``common.backends.VL_BACKENDS``; a backend's
+"""VL backends. Their names are registered in ``common.core.backends.VL_BACKENDS``; a backend's
 module (torch, transformers) is imported only when it is asked for."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.backends import load_backend
+from common.core.backends import load_backend
 from worker_vl.backends.base import Backend, VLItem, VLOutput
 
 __all__ = ["Backend", "VLItem", "VLOutput", "get_backend"]

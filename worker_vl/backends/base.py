@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from common.errors import ErrorKind, SynthpipeError, code_of, kind_of, rebuild
+from common.core.errors import ErrorKind, SynthpipeError, code_of, kind_of, rebuild
 
 if TYPE_CHECKING:
     from PIL import Image

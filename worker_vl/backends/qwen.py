@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from common.devices import resolve_device
-from common.errors import ConfigError, InputError, TransientError, model_load_error
+from common.core.errors import ConfigError, InputError, TransientError, model_load_error
+from common.runtime.devices import resolve_device
 from worker_vl.backends.base import VLItem, VLOutput
+from worker_vl.chat_template import find_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class QwenVLBackend:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id)
         self.tokenizer.padding_side = "left"
         self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.model_id)
-        self.chat_template = self._find_chat_template()
+        self.chat_template = find_chat_template(self.model_id, self.tokenizer)
 
         config = self.model.config
         self._image_token_id = int(
@@ -189,28 +190,6 @@ class QwenVLBackend:
             if cls is not None:
                 return cls.from_pretrained(self.model_id, **kwargs)
         raise ConfigError(f"vl.model: no image-text-to-text model class for {self.model_id!r}")
-
-    def _find_chat_template(self) -> str:
-        """The processor's chat template file, else the tokenizer's, else Qwen2.5-VL's."""
-        import json
-
-        from transformers.utils import cached_file
-
-        for name in ("chat_template.jinja", "chat_template.json"):
-            try:
-                path = cached_file(self.model_id, name, _raise_exceptions_for_missing_entries=False)
-            except OSError:
-                path = None
-            if path:
-                with open(path, encoding="utf-8") as fh:
-                    text = fh.read()
-                return json.loads(text)["chat_template"] if name.endswith(".json") else text
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.chat_template)
-        from common.tinytok import QWEN_VL_CHAT_TEMPLATE
-
-        logger.warning("%s has no chat template; using Qwen2.5-VL's", self.model_id)
-        return QWEN_VL_CHAT_TEMPLATE
 
     def unload(self) -> None:
         """Drop the model and free accelerator memory."""

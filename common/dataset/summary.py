@@ -1,0 +1,120 @@
+"""A run's summary: counts per stage and outcome, acceptance per recipe, site and category,
+decisions with their rejection reason codes per recipe, site and category, failures by reason code."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+
+from common.store import jobs as jobstore
+from common.store.db import Database
+from common.store.rows import Asset, Decision, Edit, ItemSet, ItemSetAsset, Job
+
+LOCAL = "(local files)"
+
+
+def summarise(db: Database, *, exported: int | None = None, filtered: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"jobs": jobstore.counts(db)}
+    with db.session() as s:
+        # the primary photo (position 0) decides a set's site and category
+        primary = (
+            select(ItemSet.id, ItemSet.recipe, Asset.site, Asset.category)
+            .join(ItemSetAsset, (ItemSetAsset.item_set_id == ItemSet.id) & (ItemSetAsset.position == 0))
+            .join(Asset, Asset.id == ItemSetAsset.asset_id)
+        ).subquery()
+        vl = s.execute(
+            select(primary.c.recipe, primary.c.site, primary.c.category, Job.status, func.count())
+            .join(Job, (Job.item_set_id == primary.c.id) & (Job.stage == "vl"))
+            .group_by(primary.c.recipe, primary.c.site, primary.c.category, Job.status)
+        ).all()
+        edits = s.execute(
+            select(primary.c.recipe, primary.c.site, primary.c.category, func.count())
+            .join(Edit, Edit.item_set_id == primary.c.id)
+            .group_by(primary.c.recipe, primary.c.site, primary.c.category)
+        ).all()
+        decided = s.execute(
+            select(primary.c.recipe, primary.c.site, primary.c.category, Decision.decision, Decision.reasons)
+            .select_from(Edit)
+            .join(primary, Edit.item_set_id == primary.c.id)
+            .outerjoin(Decision, Decision.edit_id == Edit.id)
+        ).all()
+        failures = s.execute(
+            select(Job.stage, Job.status, Job.error_type, Job.reason, Job.error_message)
+            .where(Job.status.in_(("failed", "dead")))
+            .order_by(Job.id)
+        ).all()
+    out["acceptance"] = {
+        "by_recipe": _acceptance(vl, edits, lambda r: r[0]),
+        "by_site": _acceptance(vl, edits, lambda r: r[1] or LOCAL),
+        "by_category": _acceptance(vl, edits, lambda r: r[2] or LOCAL),
+    }
+    out["decisions"] = {
+        "by_recipe": _decisions(decided, lambda r: r[0]),
+        "by_site": _decisions(decided, lambda r: r[1] or LOCAL),
+        "by_category": _decisions(decided, lambda r: r[2] or LOCAL),
+    }
+    reasons: Counter[tuple[str, str, str]] = Counter()
+    examples: dict[tuple[str, str, str], str] = {}
+    for stage, status, etype, code, message in failures:
+        group = (stage, etype or status, code or "unknown")
+        reasons[group] += 1
+        examples.setdefault(group, _first_line(message))
+    out["failures"] = [
+        {"stage": stage, "error_type": etype, "reason": code, "count": n, "example": examples[(stage, etype, code)]}
+        for (stage, etype, code), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    if exported is not None:
+        out["exported_rows"] = exported
+    if filtered is not None:
+        out["filtered_out"] = filtered
+    return out
+
+
+def _acceptance(vl: Sequence[Any], edits: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"analysed": 0, "skipped": 0, "failed": 0,
+                                                            "pending": 0, "edited": 0})
+    for row in vl:
+        g = groups[key(row)]
+        status, n = row[3], row[4]
+        if status == "succeeded":
+            g["analysed"] += n
+        elif status == "skipped":
+            g["analysed"] += n
+            g["skipped"] += n
+        elif status in ("failed", "dead"):
+            g["failed"] += n
+        else:
+            g["pending"] += n
+    for row in edits:
+        groups[key(row)]["edited"] += row[3]
+    for g in groups.values():
+        total = g["analysed"] + g["failed"] + g["pending"]
+        g["sets"] = total
+        g["acceptance"] = round(g["edited"] / total, 4) if total else 0.0
+    return dict(sorted(groups.items()))
+
+
+def _decisions(rows: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:
+    """Per group: accepted, rejected and unscored edits, and rejections counted by reason code
+    (an edit rejected for two reasons counts once under each)."""
+    groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"accepted": 0, "rejected": 0, "unscored": 0,
+                                                            "reasons": Counter()})
+    for row in rows:
+        g = groups[key(row)]
+        decision, codes = row[3], row[4]
+        if decision is None:
+            g["unscored"] += 1
+            continue
+        g["accepted" if decision == "accepted" else "rejected"] += 1
+        if decision != "accepted":
+            g["reasons"].update(str(c) for c in (codes or []))
+    for g in groups.values():
+        g["reasons"] = dict(sorted(g["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return dict(sorted(groups.items()))
+
+
+def _first_line(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0][:160] if message and message.strip() else ""

@@ -1,0 +1,347 @@
+"""The review queue and recording decisions.
+
+A reviewer's current decision on an edit is their newest ``reviews`` row for it. Rows are only
+added: a decision, a change of mind, an undo (a row restoring the state before the undone one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Select, String, and_, cast, exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from common.core.errors import InputError
+from common.store.rows import (
+    Analysis,
+    Asset,
+    Decision,
+    Edit,
+    ItemSet,
+    ItemSetAsset,
+    Review,
+    Reviewer,
+    Score,
+)
+
+ACCEPTED, REJECTED, CLEARED = "accepted", "rejected", "cleared"
+DECIDED = (ACCEPTED, REJECTED)
+#: what the API and keyboard say -> what a row stores
+ACTIONS = {"accept": ACCEPTED, "reject": REJECTED}
+MINE = ("pending", "done", "all")
+AI_FILTERS = ("accepted", "rejected", "none")
+
+
+class UnknownEdit(LookupError):
+    """No edit with this id."""
+
+
+@dataclass
+class QueueFilter:
+    """What the queue shows; every field is optional."""
+
+    recipe: str | None = None
+    site: str | None = None
+    category: str | None = None
+    ai: Literal["accepted", "rejected", "none"] | None = None
+    reason: str | None = None  # an AI reason code
+    scorer: str | None = None  # score range: SCORER.METRIC between score_min and score_max
+    metric: str | None = None
+    score_min: float | None = None
+    score_max: float | None = None
+    mine: Literal["pending", "done", "all"] = "pending"
+    sort: Literal["uncertain", "newest", "oldest"] = "uncertain"
+
+    def as_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("recipe", "site", "category", "ai", "reason", "score_min", "score_max"):
+            if getattr(self, key) not in (None, ""):
+                out[key] = getattr(self, key)
+        if self.scorer and self.metric:
+            out["score"] = f"{self.scorer}.{self.metric}"
+        out["mine"] = self.mine
+        out["sort"] = self.sort
+        return out
+
+
+def parse_score_key(value: str | None) -> tuple[str | None, str | None]:
+    """``"clip.clip_score"`` -> ("clip", "clip_score"); an empty value is no score filter."""
+    if not value:
+        return None, None
+    scorer, dot, metric = value.partition(".")
+    if not dot or not scorer or not metric:
+        raise InputError(f"score filter {value!r}: write SCORER.METRIC, e.g. clip.clip_score")
+    return scorer, metric
+
+
+def _latest_reviews() -> Any:
+    """(reviewer_id, edit_id, decision, tags, review id): each reviewer's current row per edit."""
+    last = (select(Review.reviewer_id, Review.edit_id, func.max(Review.id).label("last_id"))
+            .group_by(Review.reviewer_id, Review.edit_id).subquery())
+    return (select(Review.reviewer_id, Review.edit_id, Review.decision, Review.tags, Review.note,
+                   Review.created_at, Review.id)
+            .join(last, Review.id == last.c.last_id).subquery())
+
+
+def _decided_counts() -> Any:
+    cur = _latest_reviews()
+    return (select(cur.c.edit_id, func.count().label("n"))
+            .where(cur.c.decision.in_(DECIDED)).group_by(cur.c.edit_id).subquery())
+
+
+def _base(f: QueueFilter, reviewer_id: int, required: int) -> Select[Any]:
+    primary = aliased(Asset)
+    q = (select(Edit.id)
+         .join(ItemSet, ItemSet.id == Edit.item_set_id)
+         .join(ItemSetAsset, and_(ItemSetAsset.item_set_id == ItemSet.id, ItemSetAsset.position == 0))
+         .join(primary, primary.id == ItemSetAsset.asset_id)
+         .outerjoin(Decision, Decision.edit_id == Edit.id))
+    if f.recipe:
+        q = q.where(ItemSet.recipe == f.recipe)
+    if f.site:
+        q = q.where(primary.site == f.site)
+    if f.category:
+        q = q.where(primary.category == f.category)
+    if f.ai == "none":
+        q = q.where(Decision.id.is_(None))
+    elif f.ai:
+        q = q.where(Decision.decision == f.ai)
+    if f.reason:
+        # reasons is a JSON list of codes; its text holds each code quoted, on SQLite and PostgreSQL
+        q = q.where(cast(Decision.reasons, String).contains(f'"{f.reason}"', autoescape=True))
+    if f.scorer and f.metric and (f.score_min is not None or f.score_max is not None):
+        value = Score.metrics[f.metric].as_float()
+        cond = [Score.edit_id == Edit.id, Score.scorer == f.scorer]
+        if f.score_min is not None:
+            cond.append(value >= f.score_min)
+        if f.score_max is not None:
+            cond.append(value <= f.score_max)
+        q = q.where(exists().where(*cond))
+    if f.mine != "all":
+        # my current decision per edit: one index seek (reviewer_id, edit_id) per edit on both databases
+        mine = (select(Review.decision).where(Review.reviewer_id == reviewer_id, Review.edit_id == Edit.id)
+                .order_by(Review.id.desc()).limit(1).correlate(Edit).scalar_subquery())
+        if f.mine == "done":
+            q = q.where(mine.in_(DECIDED))
+        else:
+            counts = _decided_counts()
+            q = (q.outerjoin(counts, counts.c.edit_id == Edit.id)
+                 .where(func.coalesce(mine, CLEARED).not_in(DECIDED), func.coalesce(counts.c.n, 0) < required))
+    return q
+
+
+def queue_ids(session: Session, f: QueueFilter, reviewer_id: int, *, required: int, limit: int,
+              offset: int = 0) -> tuple[list[int], int]:
+    """The ids of one page of the queue, in order, and how many edits match in all."""
+    q = _base(f, reviewer_id, required)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    if f.sort == "uncertain":  # nearest a threshold first; edits not decided yet last
+        q = q.order_by(Decision.margin.is_(None), Decision.margin, Edit.id)
+    elif f.sort == "newest":
+        q = q.order_by(Edit.id.desc())
+    else:
+        q = q.order_by(Edit.id)
+    ids = list(session.scalars(q.limit(limit).offset(offset)))
+    return ids, total
+
+
+def progress(session: Session, reviewer_id: int, *, required: int) -> dict[str, int]:
+    """Edits in all, edits with enough reviews, and how many this reviewer decided."""
+    total = session.scalar(select(func.count(Edit.id))) or 0
+    counts = _decided_counts()
+    complete = session.scalar(select(func.count()).select_from(counts).where(counts.c.n >= required)) or 0
+    cur = _latest_reviews()
+    mine = session.scalar(select(func.count()).select_from(cur).where(
+        cur.c.reviewer_id == reviewer_id, cur.c.decision.in_(DECIDED))) or 0
+    return {"edits": total, "reviewed": complete, "remaining": total - complete, "mine": mine,
+            "required": required}
+
+
+def filter_options(session: Session) -> dict[str, list[str]]:
+    """The values each filter can take, from the store."""
+    primary = (select(Asset.site, Asset.category)
+               .join(ItemSetAsset, and_(ItemSetAsset.asset_id == Asset.id, ItemSetAsset.position == 0))
+               .join(Edit, Edit.item_set_id == ItemSetAsset.item_set_id).subquery())
+    sites = sorted(v for v in session.scalars(select(primary.c.site).distinct()) if v)
+    categories = sorted(v for v in session.scalars(select(primary.c.category).distinct()) if v)
+    recipes = sorted(v for v in session.scalars(
+        select(ItemSet.recipe).join(Edit, Edit.item_set_id == ItemSet.id).distinct()) if v)
+    reasons: set[str] = set()
+    for row in session.scalars(select(Decision.reasons).where(Decision.decision == REJECTED)):
+        reasons.update(str(r) for r in row or [])
+    metrics: set[str] = set()
+    # the newest scores are enough to list the metric names (JSON has no equality for DISTINCT)
+    for scorer, m in session.execute(select(Score.scorer, Score.metrics).order_by(Score.id.desc()).limit(2000)):
+        metrics.update(f"{scorer}.{k}" for k, v in (m or {}).items() if isinstance(v, int | float))
+    return {"recipes": recipes, "sites": sites, "categories": categories, "reasons": sorted(reasons),
+            "scores": sorted(metrics)}
+
+
+@dataclass
+class Item:
+    """Everything the page shows of one edit."""
+
+    edit_id: int
+    recipe: str
+    origin: str
+    edit_prompt: str
+    site: str | None
+    category: str | None
+    garments: int
+    width: int
+    height: int
+    analysis: dict[str, Any] | None
+    scores: dict[str, dict[str, Any]]
+    ai: dict[str, Any] | None
+    mine: dict[str, Any] | None
+    reviews: int  # reviewers with a decision on it
+    others: list[dict[str, Any]] = field(default_factory=list)  # admins see who decided what
+
+    def as_dict(self) -> dict[str, Any]:
+        base = f"/images/{self.edit_id}"
+        return {
+            "edit_id": self.edit_id, "recipe": self.recipe, "origin": self.origin,
+            "edit_prompt": self.edit_prompt, "site": self.site, "category": self.category,
+            "images": {"input": f"{base}/input", "edited": f"{base}/edited",
+                       "garments": [f"{base}/garment/{i}" for i in range(self.garments)]},
+            "size": [self.width, self.height], "analysis": self.analysis, "scores": self.scores,
+            "ai": self.ai, "mine": self.mine, "reviews": self.reviews,
+            **({"others": self.others} if self.others else {}),
+        }
+
+
+def load_items(session: Session, edit_ids: list[int], reviewer_id: int, *, with_others: bool = False) -> list[Item]:
+    """The items of ``edit_ids``, in that order (unknown ids are left out)."""
+    if not edit_ids:
+        return []
+    edits = {e.id: e for e in session.scalars(select(Edit).where(Edit.id.in_(edit_ids)))}
+    sets = {s.id: s for s in session.scalars(select(ItemSet).where(
+        ItemSet.id.in_({e.item_set_id for e in edits.values()})))}
+    analyses = {a.id: a for a in session.scalars(select(Analysis).where(
+        Analysis.id.in_({e.analysis_id for e in edits.values() if e.analysis_id})))}
+    decisions = {d.edit_id: d for d in session.scalars(select(Decision).where(Decision.edit_id.in_(edit_ids)))}
+    scores: dict[int, dict[str, dict[str, Any]]] = {}
+    for sc in session.scalars(select(Score).where(Score.edit_id.in_(edit_ids)).order_by(Score.scorer)):
+        scores.setdefault(sc.edit_id, {})[sc.scorer] = {
+            "metrics": sc.metrics or {}, **({"error": sc.error_code} if sc.error_code else {})}
+    cur = _latest_reviews()
+    rows = session.execute(select(cur).where(cur.c.edit_id.in_(edit_ids))).all()
+    mine: dict[int, dict[str, Any]] = {}
+    decided: dict[int, int] = {}
+    others: dict[int, list[dict[str, Any]]] = {}
+    names = {}
+    if with_others:
+
+        names = {k: v for k, v in session.execute(select(Reviewer.id, Reviewer.name))}
+    for r in rows:
+        if r.decision in DECIDED:
+            decided[r.edit_id] = decided.get(r.edit_id, 0) + 1
+            if with_others:
+                others.setdefault(r.edit_id, []).append(
+                    {"reviewer": names.get(r.reviewer_id), "decision": r.decision, "tags": list(r.tags or [])})
+        if r.reviewer_id == reviewer_id and r.decision in DECIDED:
+            mine[r.edit_id] = {"decision": r.decision, "tags": list(r.tags or []), "note": r.note,
+                               "at": r.created_at.isoformat() if r.created_at else None}
+    out = []
+    for eid in edit_ids:
+        e = edits.get(eid)
+        if e is None:
+            continue
+        item_set = sets[e.item_set_id]
+        members = item_set.members
+        primary = members[0].asset if members else None
+        analysis = analyses.get(e.analysis_id) if e.analysis_id else None
+        d = decisions.get(eid)
+        out.append(Item(
+            edit_id=eid, recipe=item_set.recipe, origin=e.origin,
+            edit_prompt=e.edit_prompt or (analysis.edit_prompt if analysis else "") or "",
+            site=primary.site if primary else None, category=primary.category if primary else None,
+            garments=max(0, len(members) - 1), width=e.width, height=e.height,
+            analysis=analysis.data if analysis else None, scores=scores.get(eid, {}),
+            ai=None if d is None else {"decision": d.decision, "reasons": list(d.reasons or []),
+                                       "margin": d.margin, "failed": d.failed or {}},
+            mine=mine.get(eid), reviews=decided.get(eid, 0), others=others.get(eid, []),
+        ))
+    return out
+
+
+def image_uri(session: Session, edit_id: int, which: str, index: int = 0) -> tuple[str, str] | None:
+    """(URI, format) of an edit's input, edited or n-th garment image; None when there is none.
+    URIs come only from the store: a request names an edit and a slot, never a path."""
+    edit = session.get(Edit, edit_id)
+    if edit is None:
+        return None
+    if which == "edited":
+        return edit.output_uri, edit.output_uri.rsplit(".", 1)[-1]
+    item_set = session.get(ItemSet, edit.item_set_id)
+    members = item_set.members if item_set is not None else []
+    pos = 0 if which == "input" else index + 1
+    if which not in ("input", "garment") or pos >= len(members) or pos < 0:
+        return None
+    asset = members[pos].asset
+    return asset.uri, asset.format
+
+
+def check_tags(tags: list[Any], allowed: list[str]) -> list[str]:
+    bad = [t for t in tags if not isinstance(t, str) or t not in allowed]
+    if bad:
+        raise InputError(f"unknown tags {bad!r}; allowed: {', '.join(allowed)}")
+    return sorted(set(tags), key=allowed.index)
+
+
+def record(session: Session, reviewer_id: int, edit_ids: list[int], action: str, *, tags: list[str] | None = None,
+           note: str | None = None) -> list[Review]:
+    """Record ``action`` (accept | reject) by the reviewer on each edit; several edits make one
+    batch, undone together."""
+    if action not in ACTIONS:
+        raise InputError(f"decision {action!r}: must be accept or reject")
+    known = set(session.scalars(select(Edit.id).where(Edit.id.in_(edit_ids))))
+    missing = [e for e in edit_ids if e not in known]
+    if missing:
+        raise UnknownEdit(missing[0])
+    batch = uuid.uuid4().hex if len(edit_ids) > 1 else None
+    rows = [Review(reviewer_id=reviewer_id, edit_id=e, decision=ACTIONS[action], tags=list(tags or []),
+                   note=note or None, batch_id=batch) for e in edit_ids]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def undo(session: Session, reviewer_id: int) -> list[Review]:
+    """Undo the reviewer's newest decision (or accept-all batch) not undone yet: add rows that
+    restore each edit's state before it. Returns the added rows (none: nothing to undo)."""
+    undone = select(Review.undoes_id).where(Review.reviewer_id == reviewer_id, Review.undoes_id.is_not(None))
+    target = session.scalar(select(Review).where(
+        Review.reviewer_id == reviewer_id, Review.undoes_id.is_(None), Review.id.not_in(undone))
+        .order_by(Review.id.desc()).limit(1))
+    if target is None:
+        return []
+    targets = [target]
+    if target.batch_id:
+        targets = list(session.scalars(select(Review).where(
+            Review.reviewer_id == reviewer_id, Review.batch_id == target.batch_id,
+            Review.undoes_id.is_(None), Review.id.not_in(undone)).order_by(Review.id)))
+    added = []
+    for t in targets:
+        before = session.scalar(select(Review).where(
+            Review.reviewer_id == reviewer_id, Review.edit_id == t.edit_id, Review.id < t.id)
+            .order_by(Review.id.desc()).limit(1))
+        added.append(Review(reviewer_id=reviewer_id, edit_id=t.edit_id,
+                            decision=before.decision if before else CLEARED,
+                            tags=list(before.tags or []) if before else [],
+                            note=before.note if before else None, undoes_id=t.id))
+    session.add_all(added)
+    session.flush()
+    return added
+
+
+def current_decisions(session: Session, edit_ids: list[int] | None = None) -> list[tuple[int, int, str, list[str]]]:
+    """(edit_id, reviewer_id, decision, tags) of every reviewer's current decision (cleared
+    ones left out)."""
+    cur = _latest_reviews()
+    q = select(cur.c.edit_id, cur.c.reviewer_id, cur.c.decision, cur.c.tags).where(cur.c.decision.in_(DECIDED))
+    if edit_ids is not None:
+        q = q.where(cur.c.edit_id.in_(edit_ids))
+    return [(int(e), int(r), str(d), list(t or [])) for e, r, d, t in session.execute(q.order_by(cur.c.edit_id))]
