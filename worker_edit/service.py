@@ -22,7 +22,7 @@ from common.core.settings import Settings
 from common.domain.adapters import materialize, resolve_adapter
 from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
 from common.domain.scorequeue import queue_score
-from common.runtime.overlap import grouped_phases
+from common.runtime.overlap import GroupRun, grouped_phases
 from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
 from common.store.jobs import ClaimedJob, Outcome
@@ -84,24 +84,16 @@ class _Prepared:
     adapter_path: str | None = None
 
 
-def _finish_group(group: list[_Prepared], outputs: list[EditOutput], params: dict[str, Any], batch_s: float,
-                  ctx: StageContext) -> list[Outcome]:
-    """Encode and store every image of one (backend, adapter) group, with its edit row."""
-    return [_finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(group))
-            for p, out in zip(group, outputs, strict=True)]
-
-
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows and photos are
 #: read and decoded per job, then one ``run_batch`` per (backend, adapter) group
 PHASES = grouped_phases("edit", prepare_one=lambda job, ctx: _prepare(job, ctx),
                         group_of=lambda p: (p.backend, p.adapter_path),
                         backend_for=lambda key, ctx: resident_backend(key[0], ctx.settings, key[1]),
-                        finish_group=_finish_group)
+                        finish_one=lambda p, out, run, ctx: _finish(p, out, run, ctx))
 
 
-def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
-    """Edit each job's photo as its analysis says; one outcome per job, in order."""
-    return PHASES.whole(jobs, ctx)
+#: the stage function the runner and the Celery task call: edit each job's photo as its analysis says; one outcome per job, in order.
+process_batch = PHASES.whole
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
@@ -131,8 +123,8 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
     return _Prepared(job, view, int(analysis_id), name, item, adapter.id if adapter else None, path)
 
 
-def _finish(p: _Prepared, out: EditOutput, params: dict[str, Any], ctx: StageContext, *,
-            batch_s: float, batch_size: int) -> Outcome:
+def _finish(p: _Prepared, out: EditOutput, run: GroupRun, ctx: StageContext) -> Outcome:
+    params, batch_s, batch_size = run.params, run.seconds, run.size
     error = out.exception()
     if error is not None or out.image is None:
         return Outcome.from_error(error or ModelOutputError("no image returned", code="edit.no_image"))

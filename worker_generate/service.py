@@ -34,7 +34,7 @@ from common.domain.adapters import AdapterRef, materialize
 from common.domain.characters import resolve_character, resolve_character_adapter
 from common.media.assets import Provenance, find_near_duplicate, register_image_bytes
 from common.media.images import load_image
-from common.runtime.overlap import grouped_phases
+from common.runtime.overlap import GroupRun, grouped_phases
 from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
 from common.store import jobs as jobstore
@@ -137,24 +137,15 @@ def resident_backend(settings: Settings, adapter_path: str | None) -> Any:
         (BACKEND, *sorted(opts.items())), lambda: get_backend(BACKEND, **opts), label=f"flux {opts['model']}")
 
 
-def _finish_group(group: list[_Prepared], outputs: list[GenerateOutput], params: dict[str, Any], batch_s: float,
-                  ctx: StageContext) -> list[Outcome]:
-    """Deduplicate and store every image of one adapter group, with its lineage and edit rows."""
-    made: dict[str, int] = {}  # sha256 -> job id, for repeats inside this batch
-    return [_finish(p, out, params, ctx, batch_s=batch_s, batch_size=len(group), made=made)
-            for p, out in zip(group, outputs, strict=True)]
-
-
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``)
 PHASES = grouped_phases("generate", prepare_one=lambda job, ctx: _prepare(job, ctx),
                         group_of=lambda p: p.adapter_path,
                         backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),
-                        finish_group=_finish_group)
+                        finish_one=lambda p, out, run, ctx: _finish(p, out, run, ctx))
 
 
-def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
-    """Render each job's prompt; one outcome per job, in order."""
-    return PHASES.whole(jobs, ctx)
+#: the stage function the runner and the Celery task call: render each job's prompt; one outcome per job, in order.
+process_batch = PHASES.whole
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
@@ -189,8 +180,9 @@ def _siblings(p: _Prepared) -> Select[Any]:
     return select(AssetLineage.asset_id).where(AssetLineage.source_asset_id == p.source_asset_id, same_adapter)
 
 
-def _finish(p: _Prepared, out: GenerateOutput, params: dict[str, Any], ctx: StageContext, *,
-            batch_s: float, batch_size: int, made: dict[str, int]) -> Outcome:
+def _finish(p: _Prepared, out: GenerateOutput, run: GroupRun, ctx: StageContext) -> Outcome:
+    params, batch_s, batch_size = run.params, run.seconds, run.size
+    made: dict[str, int] = run.state.setdefault("made", {})  # sha256 -> job id, for repeats inside this batch
     from common.core.errors import rebuild
 
     if out.image is None:

@@ -26,7 +26,7 @@ from common.domain.schemas import (
     analysis_json_schema,
     analysis_model,
 )
-from common.runtime.overlap import grouped_phases
+from common.runtime.overlap import GroupRun, grouped_phases
 from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
 from common.store import jobs as jobstore
@@ -68,23 +68,15 @@ class _Prepared:
     adapter_path: str | None = None
 
 
-def _finish_group(group: list[_Prepared], outputs: list[VLOutput], params: dict[str, Any], batch_s: float,
-                  ctx: StageContext) -> list[Outcome]:
-    """Parse, gate and prepare the rows of every output of one adapter group."""
-    return [_finish(p, out, ctx.settings, batch_s=batch_s, batch_size=len(group))
-            for p, out in zip(group, outputs, strict=True)]
-
-
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows, images and
 #: prompts are prepared per job, then one constrained ``generate`` per adapter group
 PHASES = grouped_phases("vl", prepare_one=lambda job, ctx: _prepare(job, ctx), group_of=lambda p: p.adapter_path,
                         backend_for=lambda adapter, ctx: resident_backend(ctx.settings, adapter),
-                        finish_group=_finish_group)
+                        finish_one=lambda p, out, run, ctx: _finish(p, out, run, ctx))
 
 
-def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
-    """Analyse each job's item set; one outcome per job, in order."""
-    return PHASES.whole(jobs, ctx)
+#: the stage function the runner and the Celery task call: analyse each job's item set; one outcome per job, in order.
+process_batch = PHASES.whole
 
 
 def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
@@ -127,7 +119,8 @@ def gate(analysis: EditCore, settings: Settings) -> tuple[str, str] | None:
     return None
 
 
-def _finish(p: _Prepared, out: VLOutput, settings: Settings, *, batch_s: float, batch_size: int) -> Outcome:
+def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Outcome:
+    settings, batch_s, batch_size = ctx.settings, run.seconds, run.size
     error = out.exception()
     made_by = {"adapter_id": p.adapter_id}  # a failed job still says which adapter it ran with
     if error is not None:

@@ -87,12 +87,13 @@ class StoreCollector:
 
     def _broker_families(self, family: Any) -> Iterator[Any]:
         up = family("synthpipe_broker_up")
+        queues = self.queues
+        assert queues is not None
         try:
-            assert self.queues is not None
-            lengths = self.queues.lengths()
+            lengths = queues.lengths()
         except Exception as exc:
             log.warning("metrics: cannot read the broker's queues: %s", exc)
-            self.queues.close()
+            queues.close()
             up.add_metric([], 0)
             yield up
             return

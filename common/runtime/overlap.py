@@ -64,12 +64,26 @@ class GroupedBatch:
     outputs: dict[Hashable, tuple[list[Any], dict[str, Any], float]] = field(default_factory=dict)
 
 
+@dataclass
+class GroupRun:
+    """One group's model call as its finisher sees it: the backend's recorded parameters, the
+    seconds ``run_batch`` took, the group's size, and a dict the finisher may keep state in
+    across the group's jobs (the generate stage's repeats inside a batch)."""
+
+    params: dict[str, Any]
+    seconds: float
+    size: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+
 def grouped_phases(stage: str, *, prepare_one: Callable[[ClaimedJob, Any], Any], group_of: Callable[[Any], Hashable],
                    backend_for: Callable[[Any, Any], Any],
-                   finish_group: Callable[[list[Any], list[Any], dict[str, Any], float, Any], list[Outcome]]) -> Phases:
+                   finish_one: Callable[[Any, Any, GroupRun, Any], Outcome]) -> Phases:
     """The phases of a stage whose jobs are prepared one by one (a job that cannot be fails
     alone), grouped by ``group_of`` (backend, adapter), run one ``backend_for(key).run_batch``
-    per group (each prepared job has an ``item``), and finished a group at a time."""
+    per group (each prepared job has an ``item`` and a ``job``), and finished job by job with
+    ``finish_one(prepared, output, group_run, ctx)``. The VL, edit and generate stages are this
+    shape; each writes only its three per-job parts."""
 
     def prepare(jobs: list[ClaimedJob], ctx: Any) -> GroupedBatch:
         batch = GroupedBatch(list(jobs))
@@ -96,8 +110,9 @@ def grouped_phases(stage: str, *, prepare_one: Callable[[ClaimedJob, Any], Any],
     def finish(batch: GroupedBatch, ctx: Any) -> list[Outcome]:
         for key, group in batch.groups.items():
             outputs, params, seconds = batch.outputs[key]
-            for p, outcome in zip(group, finish_group(group, outputs, params, seconds, ctx), strict=True):
-                batch.outcomes[p.job.id] = outcome
+            run = GroupRun(params, seconds, len(group))
+            for p, out in zip(group, outputs, strict=True):
+                batch.outcomes[p.job.id] = finish_one(p, out, run, ctx)
         return [batch.outcomes[j.id] for j in batch.jobs]
 
     return Phases(prepare, run, finish)
