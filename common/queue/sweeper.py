@@ -27,7 +27,7 @@ def sweep(db: Database, stage: str, resend_after_s: float) -> dict[str, int]:
     with db.session() as s:
         stale = s.execute(
             update(Job)
-            .where(Job.stage == stage, Job.status == "queued", Job.updated_at < cutoff_dt,
+            .where(Job.stage == stage, jobstore.QUEUED, Job.updated_at < cutoff_dt,
                    or_(Job.not_before.is_(None), Job.not_before <= now))
             .values(updated_at=now)
             .returning(Job.id),

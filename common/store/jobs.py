@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,7 +29,12 @@ from sqlalchemy.orm import Session
 from common.core import stages
 from common.core.errors import ErrorKind, InputError, ModelOutputError, code_of, kind_of
 from common.store.db import Database
-from common.store.rows import STATUSES, Job, JobEvent, utcnow
+from common.store.rows import STATUSES, Job, JobCount, JobCountDelta, JobEvent, utcnow
+
+#: ``status = 'queued'`` written as a literal, not a bound parameter: only then can the planner
+#: (PostgreSQL's generic plans, SQLite's) prove that the partial index ``ix_jobs_queued`` applies
+QUEUED = Job.status == literal_column("'queued'")
+RUNNING = Job.status == literal_column("'running'")
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +172,18 @@ def claim(
     return sorted(claimed, key=lambda j: j.id)
 
 
-def _claim_where(db: Database, stage: str, n: int, worker: str, lease_s: float, extra: Any) -> list[ClaimedJob]:
-    now = utcnow()
-    conditions = [
-        Job.stage == stage,
-        Job.status == "queued",
-        or_(Job.not_before.is_(None), Job.not_before <= now),
-    ]
+def claim_pick(stage: str, n: int, now: dt.datetime, extra: Any = None) -> Any:
+    """The ids a claim takes: queued jobs of ``stage`` whose backoff is over, oldest first. Its
+    shape lets the planner walk ``ix_jobs_queued`` in id order (queued jobs only)."""
+    conditions = [Job.stage == stage, QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now)]
     if extra is not None:
         conditions.append(extra)
-    pick = select(Job.id).where(and_(*conditions)).order_by(Job.id).limit(n)
+    return select(Job.id).where(and_(*conditions)).order_by(Job.id).limit(n)
+
+
+def _claim_where(db: Database, stage: str, n: int, worker: str, lease_s: float, extra: Any) -> list[ClaimedJob]:
+    now = utcnow()
+    pick = claim_pick(stage, n, now, extra)
     if db.dialect == "postgresql":
         # A materialised CTE runs the locking pick exactly once; as an IN subquery the planner
         # may rescan it, and with SKIP LOCKED each rescan picks further rows past the limit.
@@ -295,7 +302,7 @@ def requeue_expired(db: Database, stage: str | None = None) -> list[int]:
     Returns the ids put back in the queue, whose messages distributed mode sends again.
     """
     now = utcnow()
-    base = [Job.status == "running", Job.lease_expires_at < now]
+    base = [RUNNING, Job.lease_expires_at < now]
     if stage is not None:
         base.append(Job.stage == stage)
     with db.session() as s:
@@ -336,31 +343,53 @@ def _after_requeue(db: Database, ids: list[int]) -> None:
 
 
 def counts(db: Database) -> dict[str, dict[str, int]]:
-    """Jobs per stage and status, every stage and status present."""
+    """Jobs per stage and status, every stage and status present.
+
+    Read from ``job_counts`` (kept by triggers), not by counting jobs: a handful of rows at
+    any store size. On PostgreSQL the changes since the last fold wait in ``job_count_deltas``;
+    once more than :data:`FOLD_AFTER` wait, this call folds them in (one statement: a
+    concurrent fold or reader never counts a change twice).
+    """
     out = {stage: dict.fromkeys(STATUSES, 0) for stage in stages.names()}
     with db.session() as s:
-        for stage, status, n in s.execute(
-            select(Job.stage, Job.status, func.count()).group_by(Job.stage, Job.status)
-        ):
-            out.setdefault(stage, dict.fromkeys(STATUSES, 0))[status] = n
+        if db.dialect == "postgresql":
+            if (s.scalar(select(func.count()).select_from(
+                    select(JobCountDelta.id).limit(FOLD_AFTER + 1).subquery())) or 0) > FOLD_AFTER:
+                s.execute(text(_FOLD_DELTAS))
+            rows = s.execute(select(JobCount.stage, JobCount.status, JobCount.n).union_all(
+                select(JobCountDelta.stage, JobCountDelta.status, JobCountDelta.delta))).all()
+        else:
+            rows = s.execute(select(JobCount.stage, JobCount.status, JobCount.n)).all()
+    for stage, status, n in rows:
+        by = out.setdefault(stage, dict.fromkeys(STATUSES, 0))
+        by[status] = by.get(status, 0) + int(n)
     return out
+
+
+#: fold the waiting count changes into ``job_counts`` once more than this many wait
+FOLD_AFTER = 1000
+_FOLD_DELTAS = """
+WITH moved AS (DELETE FROM job_count_deltas RETURNING stage, status, delta),
+     summed AS (SELECT stage, status, sum(delta) AS n FROM moved GROUP BY stage, status)
+INSERT INTO job_counts (stage, status, n)
+SELECT stage, status, n FROM summed ORDER BY stage, status
+ON CONFLICT (stage, status) DO UPDATE SET n = job_counts.n + EXCLUDED.n
+"""
 
 
 def next_not_before(db: Database, stage: str) -> dt.datetime | None:
     """When the earliest backed-off queued job of ``stage`` may run, if any waits."""
     with db.session() as s:
         value = s.scalar(
-            select(func.min(Job.not_before)).where(Job.stage == stage, Job.status == "queued")
+            select(func.min(Job.not_before)).where(Job.stage == stage, QUEUED)
         )
     return as_utc(value) if value is not None else None
 
 
 def pending(db: Database, stage: str) -> int:
     """Jobs of ``stage`` that are queued or running."""
-    with db.session() as s:
-        return s.scalar(
-            select(func.count()).where(Job.stage == stage, Job.status.in_(("queued", "running")))
-        ) or 0
+    with db.session() as s:  # two counts, each over its partial index
+        return sum(s.scalar(select(func.count()).where(Job.stage == stage, live)) or 0 for live in (QUEUED, RUNNING))
 
 
 def _filtered(stage: str | None, statuses: Sequence[str] | None, reason: str | None) -> list[Any]:

@@ -12,10 +12,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
@@ -126,7 +128,14 @@ class Job(Base):
     """One unit of work of one stage. The database is the source of truth for its state."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "stage", "status", "not_before", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_claim", "stage", "status", "not_before", "id"),
+        # claims and sweeps read only queued / running jobs, however long the finished history
+        Index("ix_jobs_queued", "stage", "id", postgresql_where=text("status = 'queued'"),
+              sqlite_where=text("status = 'queued'")),
+        Index("ix_jobs_running_lease", "stage", "lease_expires_at", postgresql_where=text("status = 'running'"),
+              sqlite_where=text("status = 'running'")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     stage: Mapped[str] = mapped_column(String(16))
@@ -149,6 +158,29 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
+
+
+class JobCount(Base):
+    """Jobs per stage and status, kept by database triggers (migration 0010), so ``status`` and
+    the metrics scrape never count the jobs table. On PostgreSQL recent changes wait in
+    :class:`JobCountDelta` until a reader folds them in (``common.store.jobs.counts``)."""
+
+    __tablename__ = "job_counts"
+
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobCountDelta(Base):
+    """PostgreSQL only: one aggregated change per (stage, status) per statement on ``jobs``."""
+
+    __tablename__ = "job_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[int] = mapped_column(BigInteger)
 
 class Analysis(Base):
     """A validated VL analysis of one item set, with the raw text it was parsed from."""
