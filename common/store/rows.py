@@ -135,6 +135,8 @@ class Job(Base):
               sqlite_where=text("status = 'queued'")),
         Index("ix_jobs_running_lease", "stage", "lease_expires_at", postgresql_where=text("status = 'running'"),
               sqlite_where=text("status = 'running'")),
+        Index("ix_jobs_with_reason", "stage", "status", "reason", postgresql_where=text("reason IS NOT NULL"),
+              sqlite_where=text("reason IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -3,6 +3,8 @@
 - ``ix_jobs_queued``: a partial index of queued jobs by stage and id. A claim walks it in id
   order and touches queued jobs only, so its cost no longer grows with the finished history.
 - ``ix_jobs_running_lease``: a partial index of running jobs by stage and lease, for the sweep.
+- ``ix_jobs_with_reason``: a partial index of the jobs that carry a reason code, for the metrics
+  scrape's failures by reason (an index-only scan of those jobs, not of every job).
 - ``job_counts``: jobs per stage and status, kept by triggers, so ``status`` and the metrics
   scrape read a handful of rows instead of counting every job. On PostgreSQL statement-level
   triggers append one aggregated row per (stage, status) to ``job_count_deltas`` (inserts only:
@@ -65,6 +67,8 @@ def upgrade() -> None:
                     sqlite_where=sa.text("status = 'queued'"))
     op.create_index("ix_jobs_running_lease", "jobs", ["stage", "lease_expires_at"],
                     postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'"))
+    op.create_index("ix_jobs_with_reason", "jobs", ["stage", "status", "reason"],
+                    postgresql_where=sa.text("reason IS NOT NULL"), sqlite_where=sa.text("reason IS NOT NULL"))
     op.create_table(
         "job_counts",
         sa.Column("stage", sa.String(16), primary_key=True),
@@ -102,5 +106,6 @@ def downgrade() -> None:
         for event in _SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER IF EXISTS job_counts_{event}")
     op.drop_table("job_counts")
+    op.drop_index("ix_jobs_with_reason", table_name="jobs")
     op.drop_index("ix_jobs_running_lease", table_name="jobs")
     op.drop_index("ix_jobs_queued", table_name="jobs")
