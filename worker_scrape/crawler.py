@@ -4,6 +4,9 @@ headless Chromium, images downloaded with the fetcher and handed to a callback t
 Several sites run at once (``scrape.concurrency``, one browser each); one :class:`HostThrottle`,
 one robots.txt cache and one bounded download pool serve them all, so per-host politeness holds
 whatever the concurrency: one request in flight per host, ``max(delay_s, Crawl-delay)`` apart.
+Only the site's hosts (its start URLs' and the site file's ``hosts``) are ever requested: an image
+elsewhere (a tracking pixel, an ad network) is counted as ``image.offsite`` and skipped. Every HTTP
+request outside the browser goes through the bounded reader (:mod:`worker_scrape.reader`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from common.core.settings import ScrapeSettings
 from worker_scrape.browser import Browser
@@ -40,6 +42,7 @@ from worker_scrape.errors import (
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import page_image_urls
 from worker_scrape.fetcher import Fetcher
+from worker_scrape.reader import mount_bounded
 from worker_scrape.robots import RobotsCache
 from worker_scrape.sitemaps import default_sitemap, read_sitemaps
 from worker_scrape.sites import Category, Site
@@ -57,6 +60,7 @@ from worker_scrape.urls import (
 log = logging.getLogger(__name__)
 
 MAX_FRONTIER_PER_PAGE = 20  # frontier bound: max_pages x this many URLs waiting
+IMAGE_OFFSITE = "image.offsite"  # an image on a host that is not the site's: counted, never requested
 
 
 @dataclass(frozen=True)
@@ -114,15 +118,12 @@ class Crawler:
         self.config = config
         self.throttle = throttle or HostThrottle()
         self.session = session or requests.Session()
-        pool = config.concurrency + config.download_workers + 2
-        adapter = HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        mount_bounded(self.session, config.concurrency + config.download_workers + 2)  # the deadline can cut it
         self.session.headers["User-Agent"] = config.user_agent
         self.trap_limits = trap_limits or TrapLimits()
         self.reuse_browser = reuse_browser
         self.robots = RobotsCache(config.user_agent, session=self.session, throttle=self.throttle,
-                                  timeout_s=min(15.0, config.download_timeout_s),
+                                  timeout_s=min(15.0, config.download_timeout_s), deadline_s=config.fetch_deadline_s,
                                   on_unreachable=config.robots_on_unreachable)
         self.fetcher = Fetcher(config, self.throttle, self.robots, self.session)
         self._browser_options = browser_options
@@ -263,6 +264,7 @@ class _SiteCrawl:
         self.statuses: Counter[str] = Counter(self.report.images_by_status)
         self.rejections: Counter[str] = Counter(self.report.rejections)
         self.via: Counter[str] = Counter(self.report.pages_found_via)
+        self.blocked_images: Counter[str] = Counter(self.report.images_blocked)
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> CrawlReport:
@@ -307,6 +309,7 @@ class _SiteCrawl:
         r.images_by_status = dict(self.statuses)
         r.rejections = dict(self.rejections)
         r.pages_found_via = dict(self.via)
+        r.images_blocked = dict(self.blocked_images)
 
     def _checkpoint(self) -> None:
         if self.on_checkpoint is None:
@@ -345,19 +348,16 @@ class _SiteCrawl:
         result = read_sitemaps(list(dict.fromkeys(roots)), session=self.c.session, throttle=self.c.throttle,
                                delay_for=lambda u: self.c.delay_for(u, self.site), allowed=allowed,
                                max_files=cfg.sitemap_max_files, max_bytes=cfg.sitemap_max_bytes,
-                               max_urls=cfg.sitemap_max_urls, timeout_s=cfg.download_timeout_s)
+                               max_urls=cfg.sitemap_max_urls, timeout_s=cfg.download_timeout_s,
+                               deadline_s=cfg.fetch_deadline_s)
         sm = self.report.sitemap
         sm.files_read = result.files_read
         sm.failures = result.failures
         sm.truncated = result.truncated
         for entry in result.entries:
             url = entry.page_url
-            reason = None
-            if not is_same_site(url, self.hosts):
-                reason = "off-site"
-            elif not path_allowed(url, self.site.allow_re, self.site.deny_re):
-                reason = "allow/deny"
-            elif not self.c.robots.allowed(url, self.site.delay_s):
+            reason = self._link_rule(url)
+            if reason is None and not self.c.robots.allowed(url, self.site.delay_s):
                 reason = "robots"
             if reason:
                 sm.entries_skipped[reason] = sm.entries_skipped.get(reason, 0) + 1
@@ -438,6 +438,18 @@ class _SiteCrawl:
             if len(r.blocked_samples) < 50:
                 r.blocked_samples.append({"url": b.url, "page_url": page_url, "type": b.resource_type})
 
+    def _link_rule(self, url: str) -> str | None:
+        """Why a page URL (a link or a sitemap entry) is not crawled, or None: off-site, then the
+        trap bounds (which cap what the site's rules are matched on), then the allow/deny rules."""
+        if not is_same_site(url, self.hosts):
+            return "off-site"
+        trap = self.traps.check(url)
+        if trap:
+            return trap
+        if not path_allowed(url, self.site.allow_re, self.site.deny_re):
+            return "allow/deny"
+        return None
+
     def _enqueue_links(self, links: list[str], base: str, depth: int) -> None:
         for link in links:
             url = normalize_url(link, base)
@@ -446,13 +458,7 @@ class _SiteCrawl:
                 continue
             if url in self.seen_pages:
                 continue
-            reason = None
-            if not is_same_site(url, self.hosts):
-                reason = "off-site"
-            elif not path_allowed(url, self.site.allow_re, self.site.deny_re):
-                reason = "allow/deny"
-            else:
-                reason = self.traps.check(url)
+            reason = self._link_rule(url)
             if reason:
                 self.seen_pages.add(url)
                 self.skipped[reason] += 1
@@ -475,6 +481,9 @@ class _SiteCrawl:
                 continue
             self.seen_images.add(url)
             self.report.images_found += 1
+            if not is_same_site(url, self.browser_hosts):  # tracking pixels, ad networks: never requested
+                self.blocked_images[IMAGE_OFFSITE] += 1
+                continue
             role = self.site.role_for(url, page_url)
             if role is None:
                 self.report.images_skipped_no_role += 1

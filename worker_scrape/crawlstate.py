@@ -62,6 +62,7 @@ class CrawlReport(BaseModel):
     images_downloaded: int = 0
     images_failed: list[ImageFailure] = Field(default_factory=list)
     images_skipped_no_role: int = 0
+    images_blocked: dict[str, int] = Field(default_factory=dict)  # never requested: reason code -> n
     images_by_status: dict[str, int] = Field(default_factory=dict)
     rejections: dict[str, int] = Field(default_factory=dict)  # reason code -> n
     images: list[ImageRecord] = Field(default_factory=list)
@@ -93,6 +94,7 @@ class CrawlReport(BaseModel):
             "images_found": self.images_found,
             "images_downloaded": self.images_downloaded,
             "images_failed": len(self.images_failed),
+            "images_blocked": self.images_blocked,
             "images_by_status": self.images_by_status,
             "failures_by_code": self.failures_by_code(),
             "robots_blocked": len(self.robots_blocked),

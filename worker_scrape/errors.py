@@ -18,8 +18,8 @@ class SiteError(InputError, ValueError):
 
     default_code = "sites.invalid"
 
-    def __init__(self, message: str, errors: list[str] | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, errors: list[str] | None = None, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.errors: list[str] = errors if errors is not None else [message]
 
 
@@ -51,6 +51,27 @@ class FetchUnavailable(FetchError, TransientError):
     """No usable answer: a timeout or a connection that failed."""
 
     default_code = "fetch.unavailable"
+
+
+class FetchTimeout(FetchUnavailable):
+    """The fetch ran past its total deadline, or one read waited longer than its timeout."""
+
+    default_code = "fetch.timeout"
+    why = "timeout"
+
+    def __init__(self, url: str = "") -> None:
+        super().__init__("timeout", url)
+
+
+class FetchConnectionError(FetchUnavailable):
+    """The connection failed; ``why`` is a short reason (``connection refused``, ``DNS lookup
+    failed``, ...)."""
+
+    default_code = "fetch.connection"
+
+    def __init__(self, message: str, url: str = "", *, why: str = "connection failed") -> None:
+        super().__init__(message, url)
+        self.why = why
 
 
 class HttpStatus(FetchRefused):

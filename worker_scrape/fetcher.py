@@ -1,6 +1,7 @@
-"""Image download with ``requests`` (never the browser): streamed with a byte limit,
-content-type checked, redirects followed hop by hop and refused when they leave the allowed
-hosts, every hop checked against robots.txt and spaced by the per-host delay."""
+"""Image download with ``requests`` (never the browser) through the bounded reader
+(:mod:`worker_scrape.reader`: one total deadline over all hops, a byte limit): content-type
+checked, redirects followed hop by hop and refused when they leave the allowed hosts, every hop
+checked against robots.txt and spaced by the per-host delay."""
 
 from __future__ import annotations
 
@@ -10,23 +11,21 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
 
 from common.core.settings import ScrapeSettings
 from worker_scrape.errors import (
     FetchRefused,
-    FetchUnavailable,
     HttpStatus,
     OffSiteRedirect,
     RedirectBlockedByRobots,
 )
+from worker_scrape.reader import bounded_session, open_url
 from worker_scrape.robots import RobotsCache
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key, normalize_url
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
@@ -36,11 +35,6 @@ class FetchedImage:
     final_url: str  # after redirects
     content_type: str
     data: bytes
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 class Fetcher:
@@ -56,7 +50,7 @@ class Fetcher:
         self.config = config
         self.throttle = throttle or HostThrottle()
         self.robots = robots
-        self.session = session or requests.Session()
+        self.session = session or bounded_session()
         self.session.headers["User-Agent"] = config.user_agent
 
     def close(self) -> None:
@@ -77,7 +71,7 @@ class Fetcher:
         """
         hosts = {host_key(url)} | set(allowed_hosts or ())
         current = url
-        deadline = time.monotonic() + self.config.download_timeout_s
+        deadline = time.monotonic() + min(self.config.download_timeout_s, self.config.fetch_deadline_s)
         for _hop in range(self.config.max_redirects + 1):
             if (
                 self.robots is not None
@@ -105,32 +99,18 @@ class Fetcher:
     ) -> tuple[str, tuple[str, bytes] | None]:
         """One request. Returns ``(location, None)`` for a redirect, else
         ``("", (content_type, data))``."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchUnavailable("timeout", url, code="fetch.timeout")
         headers = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8"}
         if referer:
             headers["Referer"] = referer
-        try:
-            resp = self.session.get(
-                url,
-                headers=headers,
-                stream=True,
-                allow_redirects=False,
-                timeout=(min(remaining, 10.0), remaining),
-            )
-        except requests.Timeout:
-            raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
-        except requests.RequestException as exc:
-            raise FetchUnavailable(f"connection error: {_short(exc)}", url, code="fetch.connection") from None
-        with resp:
-            if resp.status_code in _REDIRECTS:
+        with open_url(self.session, url, deadline=deadline, read_timeout_s=self.config.download_timeout_s,
+                      headers=headers) as resp:
+            if resp.status in _REDIRECTS:
                 location = resp.headers.get("Location")
                 if not location:
-                    raise FetchRefused(f"HTTP {resp.status_code} without Location", url, code="fetch.bad_redirect")
+                    raise FetchRefused(f"HTTP {resp.status} without Location", url, code="fetch.bad_redirect")
                 return location, None
-            if resp.status_code >= 300:
-                raise HttpStatus(resp.status_code, url)
+            if resp.status >= 300:
+                raise HttpStatus(resp.status, url)
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if not ctype.startswith("image/"):
                 raise FetchRefused(f"not an image: {ctype or '(no content type)'}", url, code="fetch.not_an_image")
@@ -138,23 +118,4 @@ class Fetcher:
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > limit:
                 raise FetchRefused(f"too large: {declared} bytes > {limit}", url, code="fetch.too_large")
-            return "", (ctype, self._read(resp, url, limit, deadline))
-
-    @staticmethod
-    def _read(resp: requests.Response, url: str, limit: int, deadline: float) -> bytes:
-        buf = bytearray()
-        try:
-            for chunk in resp.iter_content(CHUNK):
-                buf += chunk
-                if len(buf) > limit:
-                    raise FetchRefused(f"too large: more than {limit} bytes", url, code="fetch.too_large")
-                if time.monotonic() > deadline:
-                    raise FetchUnavailable("timeout", url, code="fetch.timeout")
-        except requests.Timeout:
-            raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
-        except requests.RequestException as exc:
-            # requests reports a read timeout in the body as a ConnectionError
-            if exc.args and isinstance(exc.args[0], ReadTimeoutError):
-                raise FetchUnavailable("timeout", url, code="fetch.timeout") from None
-            raise FetchUnavailable(f"connection error: {_short(exc)}", url, code="fetch.connection") from None
-        return bytes(buf)
+            return "", (ctype, resp.read(limit, refuse_larger=True))

@@ -9,7 +9,8 @@ Outcomes of the fetch:
 * 2xx: the file is parsed (the first 512 KiB).
 * 401 / 403: everything is disallowed (as ``urllib.robotparser`` does).
 * any other 4xx (404, 410, ...): no rules, everything is allowed.
-* 5xx, timeout, connection error: ``on_unreachable`` decides. The default, ``"deny"``, treats
+* 5xx, timeout (a read, or the whole fetch past ``deadline_s``), connection error:
+  ``on_unreachable`` decides. The default, ``"deny"``, treats
   the host as fully disallowed for this batch: a server that cannot serve its robots.txt is
   not crawled (the conservative reading of RFC 9309 section 2.3.1.4). ``"allow"`` crawls it
   as if there were no robots.txt.
@@ -27,6 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from protego import Protego
 
+from worker_scrape.errors import FetchConnectionError, FetchTimeout
+from worker_scrape.reader import bounded_session, open_url
+from worker_scrape.reader import connection_failure as connection_failure  # re-exported
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key
 
@@ -62,6 +66,12 @@ class RobotsEntry:
         return list(self.parser.sitemaps) if self.parser is not None else []
 
 
+def parse_robots(body: bytes) -> RobotsEntry:
+    """The entry for a robots.txt answered with 2xx: ``body`` (at most :data:`MAX_ROBOTS_BYTES`
+    are read) parsed by RFC 9309, undecodable bytes replaced."""
+    return RobotsEntry(status="ok", parser=Protego.parse(body[:MAX_ROBOTS_BYTES].decode("utf-8", errors="replace")))
+
+
 class RobotsCache:
     """Per-host robots.txt cache. Thread-safe; each host's file is requested once, and again
     when its entry is older than ``max_age_s`` (RFC 9309: at most 24 hours) or, for a host that
@@ -74,14 +84,16 @@ class RobotsCache:
         session: requests.Session | None = None,
         throttle: HostThrottle | None = None,
         timeout_s: float = 15.0,
+        deadline_s: float = 120.0,
         on_unreachable: Literal["deny", "allow"] = "deny",
         max_age_s: float = 24 * 3600.0,
         retry_unreachable_s: float = 600.0,
     ) -> None:
         self.user_agent = user_agent
-        self.session = session or requests.Session()
+        self.session = session or bounded_session()
         self.throttle = throttle or HostThrottle()
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # one read
+        self.deadline_s = deadline_s  # the whole fetch, however slowly the server sends
         self.on_unreachable = on_unreachable
         self.max_age_s = max_age_s
         self.retry_unreachable_s = retry_unreachable_s
@@ -129,24 +141,14 @@ class RobotsCache:
     def _fetch(self, url: str, delay_s: float) -> RobotsEntry:
         robots_url = self.robots_url(url)
         try:
-            with self.throttle.slot(host_key(url), delay_s):
-                resp = self.session.get(
-                    robots_url,
-                    headers={"User-Agent": self.user_agent},
-                    timeout=self.timeout_s,
-                    stream=True,
-                )
-                try:
-                    status = resp.status_code
-                    body = (
-                        resp.raw.read(MAX_ROBOTS_BYTES, decode_content=True)
-                        if status < 300
-                        else b""
-                    )
-                finally:
-                    resp.close()
-        except requests.RequestException as exc:
-            return self._unreachable(robots_url, connection_failure(exc))
+            with self.throttle.slot(host_key(url), delay_s), open_url(
+                self.session, robots_url, deadline=time.monotonic() + self.deadline_s,
+                read_timeout_s=self.timeout_s, headers={"User-Agent": self.user_agent}, allow_redirects=True,
+            ) as resp:
+                status = resp.status
+                body = resp.read(MAX_ROBOTS_BYTES) if status < 300 else b""
+        except (FetchTimeout, FetchConnectionError) as exc:
+            return self._unreachable(robots_url, exc.why)
         if status in (401, 403):
             log.info("robots.txt %s: HTTP %d, host disallowed", robots_url, status)
             return RobotsEntry(status="forbidden", allow_all=False)
@@ -155,8 +157,7 @@ class RobotsCache:
             return RobotsEntry(status="missing", allow_all=True)
         if status >= 500:
             return self._unreachable(robots_url, f"HTTP {status}")
-        parser = Protego.parse(body.decode("utf-8", errors="replace"))
-        return RobotsEntry(status="ok", parser=parser)
+        return parse_robots(body)
 
     def unreachable_reason(self, url: str) -> str | None:
         """Why ``url``'s host could not be asked for robots.txt (None if it answered)."""
@@ -172,18 +173,3 @@ class RobotsCache:
             "crawled as unrestricted" if allow else "not crawled",
         )
         return RobotsEntry(status="unreachable", allow_all=allow, why=why)
-
-
-def connection_failure(exc: BaseException) -> str:
-    """A short reason for a request that got no HTTP answer: DNS, refused, timeout, TLS."""
-    text = str(exc)
-    if isinstance(exc, requests.Timeout):
-        return "timeout"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS error"
-    if any(s in text for s in ("NameResolutionError", "Name or service not known", "nodename nor servname",
-                               "Temporary failure in name resolution", "No address associated")):
-        return "DNS lookup failed"
-    if "Connection refused" in text or "ConnectionRefusedError" in text:
-        return "connection refused"
-    return type(exc).__name__

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import random
-import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -28,16 +27,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from worker_scrape.errors import SiteError
+from worker_scrape.urls import Matcher, compile_rule
 
 Role = Literal["person", "garment", "character"]
 Loc = tuple[str | int, ...]
-
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
 
 
 class _Model(BaseModel):
@@ -45,7 +38,7 @@ class _Model(BaseModel):
 
 
 def _check_regex(pattern: str) -> str:
-    _compile(pattern)
+    compile_rule(pattern)  # RE2: a pattern it cannot compile is refused at load, not at crawl
     return pattern
 
 
@@ -95,16 +88,16 @@ class Site(_Model):
     hosts: list[HostStr] = Field(default_factory=list)  # more hosts of the site (image/script CDNs), host[:port]
 
     @cached_property
-    def allow_re(self) -> list[re.Pattern[str]]:
-        return [re.compile(p) for p in self.allow]
+    def allow_re(self) -> list[Matcher]:
+        return [compile_rule(p) for p in self.allow]
 
     @cached_property
-    def deny_re(self) -> list[re.Pattern[str]]:
-        return [re.compile(p) for p in self.deny]
+    def deny_re(self) -> list[Matcher]:
+        return [compile_rule(p) for p in self.deny]
 
     @cached_property
-    def role_res(self) -> list[tuple[Role, re.Pattern[str]]]:
-        return [(r.role, re.compile(r.match)) for r in self.roles]
+    def role_res(self) -> list[tuple[Role, Matcher]]:
+        return [(r.role, compile_rule(r.match)) for r in self.roles]
 
     def role_for(self, image_url: str, page_url: str) -> Role | None:
         """First rule matching the image URL; else first rule matching the page URL; else
@@ -210,38 +203,79 @@ def _suggest(loc: Loc) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _format_error(source: str, marks: _Marks, err: ErrorDetails) -> str:
+def _site_named(data: Any, loc: Loc) -> str:
+    """`` (site 'name')`` for an error inside a site entry that has a name, else ``""``."""
+    if len(loc) < 5 or loc[0] != "categories" or loc[2] != "sites" or loc[4] == "name":
+        return ""
+    try:
+        name = data["categories"][loc[1]]["sites"][loc[3]]["name"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return f" (site {name!r})" if isinstance(name, str) else ""
+
+
+def _format_error(source: str, marks: _Marks, err: ErrorDetails, data: Any = None) -> str:
     loc: Loc = tuple(
         p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))
     )
     kind = err["type"]
     pos = marks.find(loc, prefer_key=kind == "extra_forbidden")
     where = f"{source}:{pos[0]}:{pos[1]}" if pos else source
+    site = _site_named(data, loc)
     if kind == "extra_forbidden":
-        return f"{where}: unknown key {loc[-1]!r} at {_dotted(loc)}{_suggest(loc)}"
+        return f"{where}: unknown key {loc[-1]!r} at {_dotted(loc)}{_suggest(loc)}{site}"
     if kind == "missing":
-        return f"{where}: missing required key {loc[-1]!r} at {_dotted(loc)}"
+        return f"{where}: missing required key {loc[-1]!r} at {_dotted(loc)}{site}"
     msg = err["msg"].removeprefix("Value error, ")
     shown = "" if kind == "value_error" else f" (got {err.get('input')!r})"
-    return f"{where}: {_dotted(loc)}: {msg}{shown}"
+    return f"{where}: {_dotted(loc)}: {msg}{shown}{site}"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses aliases (``*name``): a site file never needs them, and nested
+    ones expand exponentially (a few hundred bytes could fill the memory) before validation."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise _AliasRefused(f":{mark.line + 1}:{mark.column + 1}: YAML aliases are not allowed in a site "
+                                f"file (*{str(event.anchor)[:50]}); write the value out")
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+
+class _AliasRefused(Exception):
+    """Raised by :class:`_NoAliasLoader`; the message starts with ``:line:column``."""
 
 
 def parse_sites(text: str, source: str = "<string>") -> SiteFile:
-    """Validate site-file YAML text; ``source`` names it in error messages."""
-    loader = yaml.SafeLoader(text)
+    """Validate site-file YAML text; ``source`` names it in error messages. Anything that is not
+    a valid site file raises :class:`SiteError` (aliases: code ``sites.yaml_alias``)."""
     try:
+        return _parse_sites(text, source)
+    except RecursionError:
+        raise SiteError(f"{source}: invalid YAML: nested too deeply", code="sites.too_deep") from None
+
+
+def _parse_sites(text: str, source: str) -> SiteFile:
+    loader: _NoAliasLoader | None = None
+    try:
+        loader = _NoAliasLoader(text)  # the reader refuses control characters here
         node = loader.get_single_node()
         if node is None:
             raise SiteError(f"{source}: the site file is empty")
         data = loader.construct_document(node)
+    except _AliasRefused as exc:
+        raise SiteError(f"{source}{exc}", code="sites.yaml_alias") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise SiteError(f"{source}{pos}: invalid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SiteError(f"{source}: invalid YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date such as 2024-13-45
+        raise SiteError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None  # one line
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     marks = _Marks()
     marks.walk(node)
     errors = [
@@ -264,7 +298,7 @@ def parse_sites(text: str, source: str = "<string>") -> SiteFile:
                     marks.find(tuple(e["loc"]), e["type"] == "extra_forbidden") or (0, 0),
                 ),
             )
-            errors.extend(_format_error(source, marks, e) for e in found)
+            errors.extend(_format_error(source, marks, e, data) for e in found)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise SiteError(errors[0] + more, errors)
 

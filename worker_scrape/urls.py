@@ -1,4 +1,10 @@
-"""URL normalisation, same-site checks, allow/deny rules and link-trap bounds."""
+"""URL normalisation, same-site checks, allow/deny rules and link-trap bounds.
+
+The site file's patterns (allow, deny, role rules) are matched with RE2 (``google-re2``), in time
+linear in the URL: a pattern with nested quantifiers (``^(a+)+$``) cannot hang the crawler on a
+path the site chooses. RE2 has no backreferences or lookaround; such a pattern is refused when the
+site file is loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,11 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
+
+from common.core.errors import ConfigError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _PCT = re.compile(r"%[0-9a-fA-F]{2}")
@@ -44,9 +54,9 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     url = url.strip()
     if not url:
         return None
-    if base:
-        url = urljoin(base, url)
     try:
+        if base:
+            url = urljoin(base, url)
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
@@ -55,6 +65,8 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
     if scheme not in DEFAULT_PORTS or not parts.hostname:
         return None
     host = parts.hostname.lower().rstrip(".")
+    if not host:  # "http://./": dots only
+        return None
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
@@ -96,9 +108,43 @@ def url_path(url: str) -> str:
     return urlsplit(url).path or "/"
 
 
-def path_allowed(
-    url: str, allow: Sequence[re.Pattern[str]], deny: Sequence[re.Pattern[str]]
-) -> bool:
+class Matcher(Protocol):
+    """A compiled pattern: ``search`` as :meth:`re.Pattern.search` (an RE2 pattern or a ``re`` one)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def search(self, text: str, /) -> Any: ...
+
+
+@cache
+def _re2() -> tuple[Any, Any]:
+    """The ``re2`` module and the options rules compile with (RE2 errors not logged to stderr)."""
+    try:
+        import re2
+    except ModuleNotFoundError:
+        raise ConfigError("site-file rules need the 'google-re2' package from the 'scrape' extra: "
+                          "pip install 'synthpipe[scrape]'", code="install.missing_extra") from None
+    options = re2.Options()
+    options.log_errors = False
+    return re2, options
+
+
+def compile_rule(pattern: str) -> Matcher:
+    """``pattern`` compiled for linear-time matching (RE2). Raises :class:`ValueError` naming the
+    pattern when RE2 cannot compile it (a syntax error, a backreference, lookaround, a repeat
+    count over 1000, a pattern too large)."""
+    re2, options = _re2()
+    try:
+        return re2.compile(pattern, options)  # type: ignore[no-any-return]
+    except re2.error as exc:
+        why = exc.args[0] if exc.args else "cannot compile"
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        raise ValueError(f"invalid regex {pattern!r}: {why} (rules are RE2: no backreferences "
+                         "or lookaround)") from None
+
+
+def path_allowed(url: str, allow: Sequence[Matcher], deny: Sequence[Matcher]) -> bool:
     """Allow/deny on the URL path: denied if any deny pattern matches; otherwise allowed if
     there are no allow patterns or one of them matches (``re.search``)."""
     path = url_path(url)

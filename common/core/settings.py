@@ -230,7 +230,8 @@ class GenerateSettings(Section):
 class ScrapeSettings(Section):
     user_agent: str = Field("synthpipe-crawler/0.1 (+https://github.com/synthpipe/synthpipe)", description="User-Agent of pages, images and robots.txt requests")
     page_timeout_s: float = Field(30.0, gt=0, description="a page that takes longer fails with reason timeout")
-    download_timeout_s: float = Field(30.0, gt=0, description="timeout of one image download")
+    download_timeout_s: float = Field(30.0, gt=0, description="timeout of one image download (all its redirect hops), and of each read of robots.txt and sitemaps")
+    fetch_deadline_s: float = Field(120.0, gt=0, description="total time one robots.txt, sitemap or image fetch may take, connecting to last byte, however slowly the server sends (code fetch.timeout)")
     max_image_bytes: int = Field(20_000_000, gt=0, description="larger downloads are cut off and refused")
     phash_threshold: int = Field(4, ge=0, le=64, description="Hamming distance that counts as a near duplicate")
     colour_tolerance: int = Field(24, ge=0, le=255, description="and the largest colour difference (0-255)")
