@@ -33,7 +33,8 @@ def cmd_review(args: argparse.Namespace) -> int:
         with db.session() as s:
             reviewer = add_reviewer(s, args.name, password, admin=args.admin)
             role = "admin" if reviewer.is_admin else "reviewer"
-        print(f"added {role} {args.name}", file=sys.stderr)
+            stored = reviewer.name  # folded: Alice is stored (and logs in) as alice
+        print(f"added {role} {stored}", file=sys.stderr)
         return 0
     if args.review_command == "token":
         from common.review.auth import new_token

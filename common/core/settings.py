@@ -388,6 +388,7 @@ class ReviewSettings(Section):
     login_window_s: float = Field(900.0, gt=0, description="failed logins older than this are forgotten")
     login_backoff_s: float = Field(2.0, gt=0, description="the first wait after login_free_failures; doubles with each further failure")
     login_backoff_max_s: float = Field(300.0, gt=0, description="longest wait between login tries")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body the review page takes (bytes); a larger one is refused with 413 before it is read")
 
     @field_validator("tags")
     @classmethod

@@ -32,10 +32,18 @@ DECIDED = (ACCEPTED, REJECTED)
 ACTIONS = {"accept": ACCEPTED, "reject": REJECTED}
 MINE = ("pending", "done", "all")
 AI_FILTERS = ("accepted", "rejected", "none")
+#: the largest id an edit can have: ``edits.id`` is an INTEGER, 32-bit on PostgreSQL; a larger
+#: one names no edit (and would overflow the query)
+MAX_ID = 2**31 - 1
 
 
 class UnknownEdit(LookupError):
     """No edit with this id."""
+
+
+def _storable(edit_ids: list[int]) -> list[int]:
+    """The ids that can name a row at all (others match nothing)."""
+    return [e for e in edit_ids if 0 <= e <= MAX_ID]
 
 
 @dataclass
@@ -214,6 +222,7 @@ class Item:
 
 def load_items(session: Session, edit_ids: list[int], reviewer_id: int, *, with_others: bool = False) -> list[Item]:
     """The items of ``edit_ids``, in that order (unknown ids are left out)."""
+    edit_ids = _storable(edit_ids)
     if not edit_ids:
         return []
     edits = {e.id: e for e in session.scalars(select(Edit).where(Edit.id.in_(edit_ids)))}
@@ -270,7 +279,7 @@ def load_items(session: Session, edit_ids: list[int], reviewer_id: int, *, with_
 def image_uri(session: Session, edit_id: int, which: str, index: int = 0) -> tuple[str, str] | None:
     """(URI, format) of an edit's input, edited or n-th garment image; None when there is none.
     URIs come only from the store: a request names an edit and a slot, never a path."""
-    edit = session.get(Edit, edit_id)
+    edit = session.get(Edit, edit_id) if _storable([edit_id]) else None
     if edit is None:
         return None
     if which == "edited":
@@ -297,7 +306,7 @@ def record(session: Session, reviewer_id: int, edit_ids: list[int], action: str,
     batch, undone together."""
     if action not in ACTIONS:
         raise InputError(f"decision {action!r}: must be accept or reject")
-    known = set(session.scalars(select(Edit.id).where(Edit.id.in_(edit_ids))))
+    known = set(session.scalars(select(Edit.id).where(Edit.id.in_(_storable(edit_ids)))))
     missing = [e for e in edit_ids if e not in known]
     if missing:
         raise UnknownEdit(missing[0])
@@ -343,5 +352,5 @@ def current_decisions(session: Session, edit_ids: list[int] | None = None) -> li
     cur = _latest_reviews()
     q = select(cur.c.edit_id, cur.c.reviewer_id, cur.c.decision, cur.c.tags).where(cur.c.decision.in_(DECIDED))
     if edit_ids is not None:
-        q = q.where(cur.c.edit_id.in_(edit_ids))
+        q = q.where(cur.c.edit_id.in_(_storable(edit_ids)))
     return [(int(e), int(r), str(d), list(t or [])) for e, r, d, t in session.execute(q.order_by(cur.c.edit_id))]

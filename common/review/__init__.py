@@ -1,6 +1,10 @@
 """The human review page: a keyboard-first web app and JSON API over the same store.
 
-``app`` (the web app), ``auth`` (reviewers, logins, tokens, throttling), ``queries`` (the queue
-and recording decisions), ``agreement`` (reviewer and AI-vs-human agreement) and ``final``
-(the decision export and training use: people's majority where reviewed, the AI's otherwise).
+``app`` builds the web app from its routers: ``login`` (logging in and out), ``pages`` (the
+queue and stats pages and their form posts), ``api`` (the JSON API for scripts) and ``images``
+(an edit's images by id and slot). ``deps`` says who is calling (a session or a script token)
+and checks CSRF tokens, ``middleware`` adds the security headers and caps request bodies,
+``worklist`` parses the queue's filters and records decisions, and ``auth`` keeps reviewers,
+logins, tokens and the slowing of failed logins. The queries themselves are in
+``common.domain.review_queue``.
 """

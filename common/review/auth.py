@@ -4,6 +4,11 @@ Passwords are hashed with argon2id (argon2-cffi). Session cookies and script tok
 256-bit values; only their sha256 is stored, so a copy of the database opens no session.
 Failed logins are recorded in the database (``review_login_failures``), so the slow-down holds
 across restarts and across several review servers on one database.
+
+Names are folded (NFKC, then case-folded): ``alice``, ``Alice`` and ``ａｌｉｃｅ`` are one account.
+A new reviewer is stored under the folded name, so the unique ``reviewers.name`` keeps two
+spellings of one name apart even when they are added at once; names stored before folding
+began are found by comparing their folded form (no schema change needed).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -49,34 +55,68 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def fold_name(name: str) -> str:
+    """The form names are compared in: NFKC, case-folded (``Alice``, ``ａｌｉｃｅ`` -> ``alice``)."""
+    # case folding can leave a string that NFKC changes again (as Unicode's NFKC_Casefold does)
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name.strip()).casefold())
+
+
 def check_name(name: str) -> str:
-    name = name.strip()
+    """The folded name, when it is 1-``NAME_MAX`` printable characters without spaces."""
+    name = fold_name(name)
     if not name or len(name) > NAME_MAX or any(c.isspace() for c in name) or not name.isprintable():
         raise InputError(f"reviewer name {name!r}: 1-{NAME_MAX} printable characters, no spaces")
     return name
 
 
+def find_reviewer(session: Session, name: str) -> Reviewer | None:
+    """The reviewer ``name`` names: the one stored under exactly this name, else the one whose
+    folded name is ``name``'s folded form (None when there is none, or several stored before
+    names were folded)."""
+    name = name.strip()
+    if not name:
+        return None
+    exact = session.scalar(select(Reviewer).where(Reviewer.name == name))
+    folded = fold_name(name)
+    if exact is None and folded != name:
+        exact = session.scalar(select(Reviewer).where(Reviewer.name == folded))
+    if exact is not None:
+        return exact
+    matches = _folding_to(session, folded)
+    return session.get(Reviewer, matches[0][0]) if len(matches) == 1 else None
+
+
+def _folding_to(session: Session, folded: str) -> list[tuple[int, str]]:
+    """(id, name) of the reviewers whose name folds to ``folded``; names stored before folding
+    began may differ from their folded form, so this reads every name (a few rows)."""
+    return [(i, n) for i, n in session.execute(select(Reviewer.id, Reviewer.name)) if fold_name(n) == folded]
+
+
 def add_reviewer(session: Session, name: str, password: str, *, admin: bool = False) -> Reviewer:
-    """A new reviewer; an existing name or a password under ``MIN_PASSWORD`` characters is an
-    ``InputError``."""
+    """A new reviewer, stored under the folded name; a name that folds to an existing one's or a
+    password under ``MIN_PASSWORD`` characters is an ``InputError``."""
+    given = name.strip()
     name = check_name(name)
     if len(password) < MIN_PASSWORD:
         raise InputError(f"password for {name}: at least {MIN_PASSWORD} characters")
-    if session.scalar(select(Reviewer.id).where(Reviewer.name == name)) is not None:
-        raise InputError(f"reviewer {name} exists already")
+    taken = sorted(n for _, n in _folding_to(session, name))
+    if taken:
+        same = "" if taken == [given] else (
+            f" as {', '.join(taken)} (names are compared ignoring case and character width)")
+        raise InputError(f"reviewer {given} exists already{same}")
     reviewer = Reviewer(name=name, password_hash=_hasher.hash(password), is_admin=admin)
     try:
         with session.begin_nested():
             session.add(reviewer)
             session.flush()
     except IntegrityError:
-        raise InputError(f"reviewer {name} exists already") from None
+        raise InputError(f"reviewer {given} exists already") from None
     return reviewer
 
 
 def new_token(session: Session, name: str) -> str:
     """A fresh script token for ``name`` (the previous one stops working); shown once."""
-    reviewer = session.scalar(select(Reviewer).where(Reviewer.name == name))
+    reviewer = find_reviewer(session, name)
     if reviewer is None:
         raise InputError(f"no reviewer named {name} (add one with `synthpipe review add-reviewer {name}`)")
     token = TOKEN_PREFIX + new_secret()
@@ -136,20 +176,22 @@ def login_wait(session: Session, name: str, address: str, settings: ReviewSettin
 
 
 def attempt_login(session: Session, name: str, password: str, address: str, settings: ReviewSettings) -> Login:
-    """Check a login; a failure is recorded, and a try that comes too soon is not checked."""
+    """Check a login; a failure is recorded (under the folded name, so every spelling of a name
+    counts alike), and a try that comes too soon is not checked."""
     name = name.strip()[:NAME_MAX]
+    key = fold_name(name)[:NAME_MAX]
     address = address[:64]
-    wait = login_wait(session, name, address, settings)
+    wait = login_wait(session, key, address, settings)
     if wait > 0:
         return Login(None, retry_after_s=wait)
-    reviewer = session.scalar(select(Reviewer).where(Reviewer.name == name)) if name else None
+    reviewer = find_reviewer(session, name)
     if not verify_password(reviewer, password):
-        session.add(ReviewLoginFailure(name=name, address=address))
+        session.add(ReviewLoginFailure(name=key, address=address))
         cutoff = utcnow() - dt.timedelta(seconds=settings.login_window_s)
         session.execute(delete(ReviewLoginFailure).where(ReviewLoginFailure.created_at < cutoff))
         return Login(None)
     assert reviewer is not None
-    session.execute(delete(ReviewLoginFailure).where(ReviewLoginFailure.name == name))
+    session.execute(delete(ReviewLoginFailure).where(ReviewLoginFailure.name == key))
     if _hasher.check_needs_rehash(reviewer.password_hash):
         reviewer.password_hash = _hasher.hash(password)
     return Login(reviewer)
