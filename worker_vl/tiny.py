@@ -26,12 +26,13 @@ TINY_MAX_PIXELS = 224 * 224
 ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
 
-def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path:
+def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl", *, head_dim: int = 16) -> Path:
     """Write a tiny random Qwen-VL checkpoint to ``out_dir`` and return that path.
 
     ``architecture`` is Qwen2.5-VL (the default model's), Qwen2-VL or Qwen3-VL: the backend
     loads all three through the same code. Weights are drawn with a fixed seed, so two builds
-    give the same model.
+    give the same model. ``head_dim`` 32 or more gives a checkpoint vLLM's CPU attention
+    serves (it takes head sizes 32, 64, 80 and up): :func:`build_tiny_vl_served`.
     """
     import torch
     import transformers
@@ -59,9 +60,11 @@ def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path
     # Round the vocabulary up, as real checkpoints pad their embedding matrices.
     vocab_size = ((len(tokenizer) + 63) // 64) * 64
 
-    hidden, heads = 64, 4
-    head_dim = hidden // heads  # 16 -> mrope_section must sum to 8
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}
+    heads = 4
+    hidden = heads * head_dim
+    half = head_dim // 2  # mrope_section must sum to head_dim / 2: [2, 3, 3] at 16, [4, 6, 6] at 32
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 1_000_000.0,
+                            "mrope_section": [half // 4, half * 3 // 8, half - half // 4 - half * 3 // 8]}
     text = {
         "vocab_size": vocab_size,
         "hidden_size": hidden,
@@ -150,3 +153,9 @@ def build_tiny_vl(out_dir: str | Path, architecture: str = "qwen2_5_vl") -> Path
     )
     logger.info("built tiny %s checkpoint at %s", architecture, out)
     return out
+
+
+def build_tiny_vl_served(out_dir: str | Path) -> Path:
+    """The tiny Qwen2.5-VL with 32-wide attention heads: a checkpoint vLLM's CPU build serves
+    (``synthpipe models tiny`` writes it as ``vl-served``)."""
+    return build_tiny_vl(out_dir, "qwen2_5_vl", head_dim=32)
