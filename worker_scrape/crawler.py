@@ -4,6 +4,8 @@ headless Chromium, images downloaded with the fetcher and handed to a callback t
 Several sites run at once (``scrape.concurrency``, one browser each); one :class:`HostThrottle`,
 one robots.txt cache and one bounded download pool serve them all, so per-host politeness holds
 whatever the concurrency: one request in flight per host, ``max(delay_s, Crawl-delay)`` apart.
+Given a Redis client (distributed mode: the broker's), the slot and the robots.txt cache live in
+Redis, so politeness holds across every worker process and machine too.
 Only the site's hosts (its start URLs' and the site file's ``hosts``) are ever requested: an image
 elsewhere (a tracking pixel, an ad network) is counted as ``image.offsite`` and skipped. Every HTTP
 request outside the browser goes through the bounded reader (:mod:`worker_scrape.reader`).
@@ -18,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
 
@@ -43,10 +45,10 @@ from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import page_image_urls
 from worker_scrape.fetcher import Fetcher
 from worker_scrape.reader import mount_bounded
-from worker_scrape.robots import RobotsCache
+from worker_scrape.robots import RobotsCache, SharedRobots
 from worker_scrape.sitemaps import default_sitemap, read_sitemaps
 from worker_scrape.sites import Category, Site
-from worker_scrape.throttle import HostThrottle
+from worker_scrape.throttle import HostThrottle, RedisHostThrottle
 from worker_scrape.urls import (
     TrapGuard,
     TrapLimits,
@@ -56,6 +58,9 @@ from worker_scrape.urls import (
     path_allowed,
     site_hosts,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +114,17 @@ class Crawler:
     one per-host politeness throttle and one bounded image-download pool.
 
     Use as a context manager, or call :meth:`close`. :meth:`crawl_batch` is the concurrent entry;
-    ``on_image`` calls are serialised (one registration at a time).
+    ``on_image`` calls are serialised (one registration at a time). With ``redis`` (distributed
+    mode; see :func:`~worker_scrape.throttle.shared_redis`) the per-host slot and the robots.txt
+    cache are shared through it with every other worker; the crawler closes the client.
     """
 
     def __init__(self, config: ScrapeSettings, *, throttle: HostThrottle | None = None,
                  session: requests.Session | None = None, trap_limits: TrapLimits | None = None,
-                 reuse_browser: bool = True, **browser_options: Any) -> None:
+                 reuse_browser: bool = True, redis: Redis | None = None, **browser_options: Any) -> None:
         self.config = config
-        self.throttle = throttle or HostThrottle()
+        self.redis = redis
+        self.throttle = throttle or (RedisHostThrottle(redis) if redis is not None else HostThrottle())
         self.session = session or requests.Session()
         mount_bounded(self.session, config.concurrency + config.download_workers + 2)  # the deadline can cut it
         self.session.headers["User-Agent"] = config.user_agent
@@ -124,7 +132,8 @@ class Crawler:
         self.reuse_browser = reuse_browser
         self.robots = RobotsCache(config.user_agent, session=self.session, throttle=self.throttle,
                                   timeout_s=min(15.0, config.download_timeout_s), deadline_s=config.fetch_deadline_s,
-                                  on_unreachable=config.robots_on_unreachable)
+                                  on_unreachable=config.robots_on_unreachable,
+                                  shared=SharedRobots(redis) if redis is not None else None)
         self.fetcher = Fetcher(config, self.throttle, self.robots, self.session)
         self._browser_options = browser_options
         self._idle_browsers: list[Browser] = []
@@ -169,6 +178,9 @@ class Crawler:
         for b in self._all_browsers:
             b.close()
         self.session.close()
+        self.throttle.close()
+        if self.redis is not None:
+            self.redis.close()
 
     def __enter__(self) -> Crawler:
         return self

@@ -109,6 +109,13 @@ class HostUnreachable(TransientError):
     default_code = "host.unreachable"
 
 
+class PolitenessUnavailable(TransientError):
+    """The shared per-host politeness state (distributed mode: the broker's Redis) cannot be
+    reached; the crawl stops and its job is retried, rather than crawl without politeness."""
+
+    default_code = "politeness.unavailable"
+
+
 class BrowserError(TransientError):
     """The browser could not be started, or died more often than allowed."""
 

@@ -1,5 +1,5 @@
-"""robots.txt, fetched once per host and cached for the life of a :class:`RobotsCache`
-(one crawl batch).
+"""robots.txt, fetched once per host and cached by a :class:`RobotsCache` (in distributed mode
+shared by every worker through Redis: :class:`SharedRobots`).
 
 Rules are read by RFC 9309 with Protego (the parser Scrapy uses): the group of the longest
 matching user-agent product token (else ``*``), ``*`` and ``$`` in paths, the longest matching
@@ -18,21 +18,25 @@ Outcomes of the fetch:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from protego import Protego
 
-from worker_scrape.errors import FetchConnectionError, FetchTimeout
+from worker_scrape.errors import FetchConnectionError, FetchTimeout, PolitenessUnavailable
 from worker_scrape.reader import bounded_session, open_url
 from worker_scrape.reader import connection_failure as connection_failure  # re-exported
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class RobotsEntry:
     allow_all: bool = False
     why: str = ""  # for "unreachable": "timeout", "connection refused", "HTTP 503", ...
     fetched_at: float = field(default_factory=time.monotonic)
+    text: str = ""  # for "ok": the file as parsed, so the rules can be rebuilt elsewhere
 
     def can_fetch(self, user_agent: str, url: str) -> bool:
         if self.parser is not None:
@@ -69,13 +74,71 @@ class RobotsEntry:
 def parse_robots(body: bytes) -> RobotsEntry:
     """The entry for a robots.txt answered with 2xx: ``body`` (at most :data:`MAX_ROBOTS_BYTES`
     are read) parsed by RFC 9309, undecodable bytes replaced."""
-    return RobotsEntry(status="ok", parser=Protego.parse(body[:MAX_ROBOTS_BYTES].decode("utf-8", errors="replace")))
+    text = body[:MAX_ROBOTS_BYTES].decode("utf-8", errors="replace")
+    return RobotsEntry(status="ok", parser=Protego.parse(text), text=text)
+
+
+class SharedRobots:
+    """robots.txt entries shared by every worker through Redis, so a host's file is fetched once
+    for all of them. Each host is one key, ``synthpipe:robots:<scheme>://<host>``, holding JSON
+    (status, allow_all, why, and the text for ``ok``: the rules are parsed again on read; no
+    pickle), set to expire when the entry would go stale (``ttl_s``). A Redis that cannot be
+    reached raises :class:`~worker_scrape.errors.PolitenessUnavailable`."""
+
+    PREFIX = "synthpipe:robots:"
+
+    def __init__(self, client: Redis) -> None:
+        from redis.exceptions import RedisError  # here: redis is imported only in distributed mode
+
+        self._redis = client
+        self._errors = RedisError
+
+    def get(self, key: str) -> RobotsEntry | None:
+        """The entry for ``key`` (``scheme://host``), its ``fetched_at`` set so that it goes stale
+        here when the shared key expires; None when no worker holds a fresh one."""
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(self.PREFIX + key)
+                pipe.pttl(self.PREFIX + key)
+                raw, ttl_ms = pipe.execute()
+        except self._errors as exc:
+            raise PolitenessUnavailable(f"robots.txt cache in Redis cannot be reached: {exc}") from exc
+        if raw is None or ttl_ms is None or int(ttl_ms) <= 0:
+            return None
+        try:
+            data = json.loads(raw)
+            status = data["status"]
+            if status not in ("ok", "missing", "forbidden", "unreachable"):
+                raise ValueError(status)
+            age = max(0.0, float(data["ttl_s"]) - int(ttl_ms) / 1000)
+            fetched_at = time.monotonic() - age
+            if status == "ok":
+                text = str(data["text"])
+                return RobotsEntry(status="ok", parser=Protego.parse(text), text=text, fetched_at=fetched_at)
+            return RobotsEntry(status=cast(Literal["missing", "forbidden", "unreachable"], status),
+                               allow_all=bool(data["allow_all"]), why=str(data["why"]), fetched_at=fetched_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("robots.txt cache: unreadable entry for %s (%s); fetching again", key, exc)
+            return None
+
+    def put(self, key: str, entry: RobotsEntry, ttl_s: float) -> None:
+        """Share ``entry`` for ``key`` for ``ttl_s`` seconds."""
+        data = {"status": entry.status, "allow_all": entry.allow_all, "why": entry.why, "text": entry.text,
+                "ttl_s": ttl_s}
+        try:
+            self._redis.set(self.PREFIX + key, json.dumps(data), px=max(1, int(ttl_s * 1000)))
+        except self._errors as exc:
+            raise PolitenessUnavailable(f"robots.txt cache in Redis cannot be reached: {exc}") from exc
 
 
 class RobotsCache:
     """Per-host robots.txt cache. Thread-safe; each host's file is requested once, and again
     when its entry is older than ``max_age_s`` (RFC 9309: at most 24 hours) or, for a host that
-    could not be reached, than ``retry_unreachable_s``: a long-lived worker sees rules change."""
+    could not be reached, than ``retry_unreachable_s``: a long-lived worker sees rules change.
+
+    With ``shared`` (distributed mode) an entry another worker fetched is used as it is, with the
+    same expiry, and a fetched one is shared; the shared cache is read again once this worker holds
+    the host's politeness slot, so workers that asked at once still fetch the file only once."""
 
     def __init__(
         self,
@@ -88,6 +151,7 @@ class RobotsCache:
         on_unreachable: Literal["deny", "allow"] = "deny",
         max_age_s: float = 24 * 3600.0,
         retry_unreachable_s: float = 600.0,
+        shared: SharedRobots | None = None,
     ) -> None:
         self.user_agent = user_agent
         self.session = session or bounded_session()
@@ -97,6 +161,7 @@ class RobotsCache:
         self.on_unreachable = on_unreachable
         self.max_age_s = max_age_s
         self.retry_unreachable_s = retry_unreachable_s
+        self.shared = shared
         self._entries: dict[str, RobotsEntry] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -117,14 +182,22 @@ class RobotsCache:
         with host_lock:
             found = self._entries.get(key)
             if found is None or not self._fresh(found):
-                found = self._fetch(url, delay_s)
+                found = self._shared_entry(key) or self._fetch(url, delay_s, key)
                 with self._lock:
                     self._entries[key] = found
             return found
 
+    def _max_age(self, entry: RobotsEntry) -> float:
+        return self.retry_unreachable_s if entry.status == "unreachable" else self.max_age_s
+
     def _fresh(self, entry: RobotsEntry) -> bool:
-        age = time.monotonic() - entry.fetched_at
-        return age < (self.retry_unreachable_s if entry.status == "unreachable" else self.max_age_s)
+        return time.monotonic() - entry.fetched_at < self._max_age(entry)
+
+    def _shared_entry(self, key: str) -> RobotsEntry | None:
+        if self.shared is None:
+            return None
+        found = self.shared.get(key)
+        return found if found is not None and self._fresh(found) else None
 
     def allowed(self, url: str, delay_s: float = 0.0) -> bool:
         """True if the configured User-Agent may fetch ``url``."""
@@ -138,10 +211,21 @@ class RobotsCache:
         """The ``Sitemap:`` URLs of ``url``'s host."""
         return self.entry(url, delay_s).sitemaps
 
-    def _fetch(self, url: str, delay_s: float) -> RobotsEntry:
+    def _fetch(self, url: str, delay_s: float, key: str) -> RobotsEntry:
+        with self.throttle.slot(host_key(url), delay_s):
+            found = self._shared_entry(key)  # fetched by another worker while this one waited
+            if found is not None:
+                return found
+            entry = self._request(url)
+            if self.shared is not None:  # still in the slot: a worker waiting for it finds the entry
+                self.shared.put(key, entry, self._max_age(entry))
+        return entry
+
+    def _request(self, url: str) -> RobotsEntry:
+        """Ask ``url``'s host for robots.txt (inside its politeness slot) and read the answer."""
         robots_url = self.robots_url(url)
         try:
-            with self.throttle.slot(host_key(url), delay_s), open_url(
+            with open_url(
                 self.session, robots_url, deadline=time.monotonic() + self.deadline_s,
                 read_timeout_s=self.timeout_s, headers={"User-Agent": self.user_agent}, allow_redirects=True,
             ) as resp:

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.core.errors import ConfigError, InputError
-from common.core.settings import ScrapeSettings
+from common.core.settings import ScrapeSettings, Settings
 from common.domain.pairing import pair_new_assets
 from common.media.assets import Provenance, register_image_bytes
 from common.runtime.runner import StageContext
@@ -67,20 +67,24 @@ def queue_crawl(session: Session, sites_file: Path, *, batches: int, seed: int,
 class _ResidentCrawler:
     """One crawler (browsers, robots cache, throttle) per worker process, reused across batches
     and shared by the threads of a ``--pool threads`` worker, so per-host politeness holds across
-    them all. Thread-safe."""
+    them all; with a Redis broker (distributed mode) the slot and the robots.txt cache live in that
+    Redis, so it holds across every worker process and machine as well. Thread-safe."""
 
     def __init__(self) -> None:
         self.crawler: Any = None
-        self.config: ScrapeSettings | None = None
+        self.config: tuple[ScrapeSettings, str | None, Path | None] | None = None
         self._lock = threading.Lock()
 
-    def get(self, config: ScrapeSettings) -> Any:
+    def get(self, settings: Settings) -> Any:
         from worker_scrape.crawler import Crawler
+        from worker_scrape.throttle import shared_redis
 
+        config = (settings.scrape.model_copy(), settings.broker_url, settings.celery.broker_ca_file)
         with self._lock:
             if self.crawler is None or config != self.config:
                 self._close_locked()
-                self.crawler, self.config = Crawler(config.model_copy()), config.model_copy()
+                self.crawler = Crawler(config[0].model_copy(), redis=shared_redis(config[1], config[2]))
+                self.config = config
             return self.crawler
 
     def close(self) -> None:
@@ -122,7 +126,7 @@ def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
     if runs:
         from worker_scrape.crawler import CrawlItem
 
-        crawler = RESIDENT.get(settings.scrape)
+        crawler = RESIDENT.get(settings)
         items = [CrawlItem(r.site, r.category, _OnImage(r, ctx), r.job.payload.get("max_pages"), r.state,
                            r.checkpoint) for r in runs]
         for run, result in zip(runs, crawler.crawl_batch(items), strict=True):
