@@ -20,21 +20,42 @@ def _scorer_list(text: str) -> list[str]:
     return names
 
 
+def _chunk(text: str) -> int:
+    from common.domain.decide import MAX_CHUNK
+
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= MAX_CHUNK:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of edits from 1 to {MAX_CHUNK}")
+    return n
+
+
+def _redecide(ctx: Any, chunk: int | None) -> dict[str, Any]:
+    """Every scored edit decided again, chunk by committed chunk, with a bar of edits/s on a terminal."""
+    import sys
+
+    from common.core.progress import bar
+    from common.domain.decide import REDECIDE_CHUNK, redecide_all, scored_edits
+
+    # the total costs a count of the scores: only where the bar is shown
+    total = scored_edits(ctx.db) if sys.stderr.isatty() else None
+    with bar(desc="redecide", total=total, unit="edit") as shown:
+        return redecide_all(ctx.db, ctx.settings, chunk=chunk or REDECIDE_CHUNK, on_chunk=shown.update).as_dict()
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     ctx = context()
     if args.redecide:
         if args.scorers:
             raise InputError("--scorers goes with --rescore; --redecide runs no scorer")
-        from common.domain.decide import redecide_all
-
-        with ctx.db.session() as s:
-            decided = redecide_all(s, ctx.settings)
+        decided = _redecide(ctx, args.chunk)
         emit(args, decided, "\n".join([
             f"re-decided {decided['decided']} edits from stored scores ({decided['changed']} changed): "
             f"{decided['accepted']} accepted, {decided['rejected']} rejected",
             *(f"  {code}: {n}" for code, n in decided["reasons"].items()),
         ]))
         return 0
+    if args.chunk is not None:
+        raise InputError("--chunk goes with --redecide")
     from sqlalchemy import select
 
     from common.domain.scorequeue import queue_score
@@ -61,5 +82,7 @@ def register(sub: Any) -> None:
     mode.add_argument("--rescore", action="store_true",
                       help="queue every edit for scoring again by --scorers (default: score.scorers)")
     p.add_argument("--scorers", help="comma-separated scorer names, with --rescore")
+    p.add_argument("--chunk", type=_chunk, default=None,
+                   help="with --redecide: edits decided and committed per transaction (default 2000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_score)

@@ -18,17 +18,21 @@ Reason codes (stable; counted, filtered and thresholded by code):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select, text
 from sqlalchemy.orm import Session
 
+from common.core.errors import InputError
 from common.store.rows import Decision, Edit, ItemSet, Score, utcnow
 
 if TYPE_CHECKING:
     from common.core.settings import Settings
+    from common.store.db import Database
 
 
 @dataclass(frozen=True)
@@ -164,24 +168,136 @@ def decide_edit(session: Session, edit_id: int, settings: Settings) -> DecisionR
     return result
 
 
-def redecide_all(session: Session, settings: Settings) -> dict[str, Any]:
-    """Re-decide every scored edit from stored scores; returns counts before and after."""
-    before = dict(session.execute(select(Decision.edit_id, Decision.decision)).all())
-    edit_ids = sorted(set(session.execute(select(Score.edit_id).distinct()).scalars()))
-    after: dict[int, str] = {}
-    reasons: dict[str, int] = {}
-    for edit_id in edit_ids:
-        result = decide_edit(session, edit_id, settings)
-        if result is None:
+#: edits decided per chunk of :func:`redecide_all`: one transaction of 3 reads and 1 write
+REDECIDE_CHUNK = 2000
+#: the largest chunk allowed: it bounds the memory one chunk's rows and scores take
+MAX_CHUNK = 50_000
+
+
+@dataclass
+class RedecideReport:
+    """What :func:`redecide_all` did; ``chunks`` were committed one by one."""
+
+    decided: int = 0
+    changed: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"decided": self.decided, "changed": self.changed, "accepted": self.accepted,
+                "rejected": self.rejected, "reasons": dict(sorted(self.reasons.items())), "chunks": self.chunks}
+
+
+def _scores_by_edit(session: Session, lo: int, hi: int) -> dict[int, tuple[dict[str, dict[str, float]], dict[str, str]]]:
+    """:func:`stored_scores` for every edit with ``lo <= id <= hi``, in one range read."""
+    out: dict[int, tuple[dict[str, dict[str, float]], dict[str, str]]] = {}
+    rows = session.execute(select(Score.edit_id, Score.scorer, Score.metrics, Score.error_code)
+                           .where(Score.edit_id >= lo, Score.edit_id <= hi).order_by(Score.edit_id, Score.id))
+    for edit_id, scorer, values, error_code in rows:
+        metrics, errors = out.setdefault(edit_id, ({}, {}))
+        if error_code:
+            errors[scorer] = error_code
             continue
-        after[edit_id] = result.decision
+        try:
+            metrics[scorer] = {k: float(v) for k, v in (values or {}).items() if v is not None}
+        except (TypeError, ValueError):
+            raise InputError(f"edit {edit_id}: the {scorer} score holds a metric that is not a number "
+                             f"({values!r}); rescore it: synthpipe score --rescore --scorers {scorer}") from None
+    return out
+
+
+def scored_edits(db: Database) -> int:
+    """How many edits have at least one stored score (what :func:`redecide_all` decides)."""
+    with db.session() as s:
+        return s.scalar(select(func.count(distinct(Score.edit_id)))) or 0
+
+
+def _decide_chunk(session: Session, edit_ids: list[int], settings: Settings,
+                  thresholds: dict[str, dict[str, float | None]], report: RedecideReport) -> None:
+    """Decide the edits ``edit_ids`` (ascending) and write their decisions in one bulk write."""
+    lo, hi = edit_ids[0], edit_ids[-1]
+    scores = _scores_by_edit(session, lo, hi)
+    edits = session.execute(
+        select(Edit.id, ItemSet.recipe, Decision.decision)
+        .outerjoin(ItemSet, ItemSet.id == Edit.item_set_id)
+        .outerjoin(Decision, Decision.edit_id == Edit.id)
+        .where(Edit.id >= lo, Edit.id <= hi)).all()
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for edit_id, recipe, before in edits:
+        if edit_id not in scores:  # an edit in the range with no score yet: not decided (as decide_edit)
+            continue
+        recipe = recipe if recipe is not None else "tryon"
+        if recipe not in thresholds:
+            thresholds[recipe] = settings.score.thresholds_for(recipe)
+        metrics, errors = scores[edit_id]
+        result = decide(metrics, errors, recipe, thresholds[recipe])
+        rows.append({"edit_id": edit_id, "decision": result.decision, "reasons": result.reasons,
+                     "failed": result.failed, "thresholds": result.thresholds, "margin": result.margin})
+        report.decided += 1
+        report.changed += before != result.decision
+        report.accepted += result.decision == "accepted"
+        report.rejected += result.decision == "rejected"
         for code in result.reasons:
-            reasons[code] = reasons.get(code, 0) + 1
-    changed = sum(1 for k, v in after.items() if before.get(k) != v)
-    return {
-        "decided": len(after),
-        "changed": changed,
-        "accepted": sum(1 for v in after.values() if v == "accepted"),
-        "rejected": sum(1 for v in after.values() if v == "rejected"),
-        "reasons": dict(sorted(reasons.items())),
-    }
+            report.reasons[code] = report.reasons.get(code, 0) + 1
+    if rows:
+        _upsert_decisions(session, rows, now)
+
+
+#: PostgreSQL: a chunk's decisions as one JSON document, unpacked and upserted by one statement
+#: whatever the chunk's size (one parameter, not seven a row: nothing to compile per chunk)
+_PG_UPSERT = text("""
+INSERT INTO decisions (edit_id, decision, reasons, failed, thresholds, margin, decided_at)
+SELECT r.edit_id, r.decision, r.reasons, r.failed, r.thresholds, r.margin, :decided_at
+FROM json_to_recordset(CAST(:rows AS json))
+     AS r(edit_id integer, decision varchar, reasons json, failed json, thresholds json, margin double precision)
+ORDER BY r.edit_id  -- rows locked in id order: two runs at once never deadlock
+ON CONFLICT (edit_id) DO UPDATE SET decision = EXCLUDED.decision, reasons = EXCLUDED.reasons,
+    failed = EXCLUDED.failed, thresholds = EXCLUDED.thresholds, margin = EXCLUDED.margin,
+    decided_at = EXCLUDED.decided_at
+""")
+
+
+def _upsert_decisions(session: Session, rows: list[dict[str, Any]], decided_at: dt.datetime) -> None:
+    """Write ``rows`` (``edit_id``, ``decision``, ``reasons``, ``failed``, ``thresholds``, ``margin``)
+    as the edits' decisions, inserted or updated: one statement on PostgreSQL, one executemany
+    of a cached statement on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_PG_UPSERT, {"rows": json.dumps(rows), "decided_at": decided_at})
+        return
+    from sqlalchemy.dialects.sqlite import insert
+
+    stmt = insert(Decision)
+    stmt = stmt.on_conflict_do_update(index_elements=[Decision.edit_id], set_={
+        name: stmt.excluded[name] for name in ("decision", "reasons", "failed", "thresholds", "margin", "decided_at")})
+    session.execute(stmt, [{**row, "decided_at": decided_at} for row in rows])
+
+
+def redecide_all(db: Database, settings: Settings, *, chunk: int = REDECIDE_CHUNK,
+                 on_chunk: Callable[[int], None] | None = None) -> RedecideReport:
+    """Re-decide every scored edit from its stored scores, the same as :func:`decide_edit` one by
+    one, in chunks of ``chunk`` edits by ascending id, each in its own transaction: an interrupted
+    run keeps the chunks it committed, holds row locks on one chunk's decisions at a time, and a
+    rerun decides everything again (the same scores and thresholds give the same decisions).
+    ``on_chunk(n)`` is called after each commit with the edits it decided."""
+    if not 1 <= chunk <= MAX_CHUNK:
+        raise ValueError(f"chunk: {chunk} edits; allowed 1 to {MAX_CHUNK}")
+    report = RedecideReport()
+    thresholds: dict[str, dict[str, float | None]] = {}
+    last = 0
+    while True:
+        with db.session() as s:
+            # keyset page over the scored edits: the (edit_id, scorer) unique index, in order
+            edit_ids = list(s.execute(select(Score.edit_id).where(Score.edit_id > last).distinct()
+                                      .order_by(Score.edit_id).limit(chunk)).scalars())
+            if not edit_ids:
+                break
+            before = report.decided
+            _decide_chunk(s, edit_ids, settings, thresholds, report)
+        report.chunks += 1
+        last = edit_ids[-1]
+        if on_chunk is not None:
+            on_chunk(report.decided - before)
+    return report
