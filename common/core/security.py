@@ -3,8 +3,10 @@
 A service on this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``) or behind a local
 socket is reached by nobody else, so any URL will do. Anything else is across a network: the
 broker needs TLS (``rediss://``, ``amqps://``) and a password (or an ACL user and its password);
-the database needs TLS (``sslmode`` require, verify-ca or verify-full). Only the URL is read:
-no name is looked up and nothing is connected to, so a name that happens to resolve to
+the database needs TLS (``sslmode`` require, verify-ca or verify-full), judged on the server libpq
+will really reach (``hostaddr`` over ``host``, and ``PGHOST``/``PGHOSTADDR``/``PGSERVICE`` where
+the URL leaves them out). Only the URL and those variables are read: no name is looked up, no
+service file is read and nothing is connected to, so a name that happens to resolve to
 127.0.0.1 still counts as remote, and a refusal costs nothing. The ``allow_insecure`` settings
 waive the rule on a network the operator trusts.
 """
@@ -12,7 +14,9 @@ waive the rule on a network the operator trusts.
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -111,10 +115,57 @@ def broker_ssl_options(url: str, ca_file: Path | None) -> dict[str, Any] | bool:
     return options
 
 
-def database_problem(url: str, sslmode: str | None) -> str | None:
+#: libpq variables read for a keyword the connection string leaves out (the ones that choose the server)
+PG_ENV_HOST, PG_ENV_HOSTADDR, PG_ENV_SERVICE = "PGHOST", "PGHOSTADDR", "PGSERVICE"
+#: sslmodes that, with a service file we do not read, still make the connection safe (the server is verified)
+VERIFYING_SSLMODES = frozenset({"verify-ca", "verify-full"})
+
+
+def _query_values(query: Mapping[str, Any], key: str) -> list[str]:
+    """Every value of ``key`` in a URL's query, libpq's comma-separated lists split."""
+    raw = query.get(key, ())
+    values = [raw] if isinstance(raw, str) else list(raw)
+    return [part.strip() for v in values for part in str(v).split(",")]
+
+
+def database_servers(url: str, env: Mapping[str, str] | None = None) -> tuple[list[str], str | None]:
+    """Where libpq will connect for the PostgreSQL ``url``: the hosts or addresses it will really
+    use, and the service it will read (None when none), decided as libpq decides, without a lookup.
+
+    ``hostaddr`` (query, else ``PGHOSTADDR``) wins over ``host``: libpq connects to the address and
+    uses the name only for certificates and passwords. ``host`` comes from the URL (its host part or
+    ``?host=``), else ``PGHOST``. ``service`` comes from the query, else ``PGSERVICE``. An empty
+    entry is libpq's default, a local socket.
+    """
+    from sqlalchemy.engine import make_url
+
+    env = os.environ if env is None else env
+    parsed = make_url(url)
+    hosts = _split(parsed.host or "") + _query_values(parsed.query, "host")
+    if not any(hosts):
+        hosts = _split(env.get(PG_ENV_HOST, ""))
+    # a keyword the URL names (even empty) is never read from the environment
+    addresses = _query_values(parsed.query, "hostaddr") if "hostaddr" in parsed.query \
+        else _split(env.get(PG_ENV_HOSTADDR, ""))
+    # each host's address, where one is given, is where libpq goes; a host without one is looked up
+    servers = [a for a in addresses if a] + [h for i, h in enumerate(hosts) if not (i < len(addresses) and addresses[i])]
+    services = _query_values(parsed.query, "service") if "service" in parsed.query \
+        else _split(env.get(PG_ENV_SERVICE, ""))
+    return servers, next((s for s in services if s), None)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",")] if value else []
+
+
+def database_problem(url: str, sslmode: str | None, env: Mapping[str, str] | None = None) -> str | None:
     """Why ``url`` is not a safe database for other machines to share, or None when it is.
 
-    ``sslmode`` is the settings' value; one in the URL's query takes precedence.
+    ``sslmode`` is the settings' value; one in the URL's query takes precedence. The rule is
+    applied to the server libpq will really reach (:func:`database_servers`), so ``?hostaddr=``,
+    ``PGHOSTADDR`` and ``PGHOST`` cannot route around it; a service (``?service=``, ``PGSERVICE``)
+    is a file we do not read, so it counts as another machine unless the server's certificate
+    is verified (sslmode verify-ca or verify-full). ``env`` defaults to this process's environment.
     """
     if url.startswith("sqlite"):
         return None  # a file on this machine (and no SQLAlchemy import for local-mode start-up)
@@ -123,27 +174,67 @@ def database_problem(url: str, sslmode: str | None) -> str | None:
     try:
         parsed = make_url(url)
     except Exception:
-        return None  # the engine reports an unreadable URL with its own message
+        return None  # database_url_problem reports an unreadable URL
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return None
-    query_hosts = parsed.query.get("host", ())
-    hosts = [parsed.host] + list([query_hosts] if isinstance(query_hosts, str) else query_hosts)
-    # no host, or a socket folder, is a local socket: nothing crosses a network
-    remote = [h for h in hosts if h and not h.startswith("/") and not is_loopback_host(h)]
-    if not remote:
         return None
     shown = parsed.render_as_string(hide_password=True)
     fix = (f"add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt to the URL (or set database.sslmode and "
            f"database.ca_file), or set {DATABASE_WAIVER} on a network you trust")
     if backend != "postgresql":
-        return f"{DATABASE_KEY}: {shown} is not on this machine and TLS is checked only for PostgreSQL; {fix}"
+        hosts = [parsed.host]
+        # no host, or a socket folder, is a local socket: nothing crosses a network
+        if any(h and not h.startswith("/") and not is_loopback_host(h) for h in hosts):
+            return f"{DATABASE_KEY}: {shown} is not on this machine and TLS is checked only for PostgreSQL; {fix}"
+        return None
+    servers, service = database_servers(url, env)
+    remote = [h for h in servers if h and not h.startswith("/") and not is_loopback_host(h)]
     url_mode = parsed.query.get("sslmode")
     mode = (url_mode if isinstance(url_mode, str) else None) or sslmode
+    if service is not None and mode not in VERIFYING_SSLMODES:
+        return (f"{DATABASE_KEY}: {shown} uses the PostgreSQL service {service!r} (?service= or PGSERVICE), "
+                f"whose server synthpipe does not read from the service file, and its sslmode is {mode or 'not set'} (a service needs verify-ca or "
+                f"verify-full); {fix}")
+    if not remote:
+        return None
+    where = shown if remote == [parsed.host] else f"{shown} (libpq connects to {', '.join(remote)})"
     if mode not in TLS_SSLMODES:
-        return (f"{DATABASE_KEY}: {shown} is not on this machine and its sslmode is {mode or 'not set'} "
+        return (f"{DATABASE_KEY}: {where} is not on this machine and its sslmode is {mode or 'not set'} "
                 f"(TLS needs require, verify-ca or verify-full); {fix}")
     return None
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy could not use ``url`` at all (unreadable, a port out of range, a driver it
+    does not know), or None; read without connecting. The message shows the URL without its password."""
+    if url.split("://", 1)[0].lower() == "sqlite":
+        return None  # the built-in driver (and no SQLAlchemy import for local-mode start-up)
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # ArgumentError for the shape, ValueError for a port that is no number
+        try:
+            shown = repr(redact(url))
+        except ValueError:  # not even a URL to redact: shown by its setting only
+            shown = "the URL"
+        return f"{DATABASE_KEY}: {shown} is not a database URL ({_first_line(exc)}); " \
+               "write dialect[+driver]://user:password@host:port/database"
+    shown = parsed.render_as_string(hide_password=True)
+    ports = ([parsed.port] if parsed.port is not None else []) + _query_values(parsed.query, "port")
+    for port in ports:
+        if not str(port).isdigit() or not 1 <= int(port) <= 65535:
+            return f"{DATABASE_KEY}: {shown}: port {port} is not a port (1-65535)"
+    try:
+        parsed.get_dialect()
+    except Exception as exc:  # NoSuchModuleError, or a dialect module that fails to import
+        return (f"{DATABASE_KEY}: {shown}: no SQLAlchemy dialect {parsed.drivername!r} ({_first_line(exc)}); "
+                "use sqlite:///PATH or postgresql+psycopg://...")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def database_connect_args(url: str, sslmode: str | None, ca_file: Path | None) -> dict[str, str]:

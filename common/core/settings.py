@@ -102,6 +102,10 @@ class ImageSettings(Section):
     animated: Literal["reject", "first_frame"] = Field("reject", description="reject animated images, or use their first frame")
 
 
+class ImportSettings(Section):
+    max_prompt_chars: int = Field(4000, ge=1, description="`synthpipe import` refuses a row whose instruction is longer (import.prompt_too_long): text encoders read a few hundred tokens, and a huge prompt costs memory in every stage that scores it")
+
+
 class PairingSettings(Section):
     keywords_file: Path | None = Field(None, description="YAML of keyword axes (default: the shipped common/core/data/keywords.yaml)")
     enrich_variations: int = Field(5, ge=1, le=50, description="variations per character photo")
@@ -422,6 +426,7 @@ class Settings(BaseSettings):
 
     jobs: JobSettings = JobSettings()
     images: ImageSettings = ImageSettings()
+    imports: ImportSettings = ImportSettings()
     pairing: PairingSettings = PairingSettings()
     vl: VLSettings = VLSettings()
     edit: EditSettings = EditSettings()
@@ -478,6 +483,10 @@ class Settings(BaseSettings):
                 self.broker_url and security.broker_uses_tls(self.broker_url)):
             raise ValueError("celery.broker_ca_file (SYNTHPIPE_CELERY__BROKER_CA_FILE) is set but broker_url is "
                              "not a TLS URL (rediss://...)")
+        if self.database_url:  # unusable whatever the network: a bad port, an unknown driver
+            problem = security.database_url_problem(self.database_url)
+            if problem:
+                raise ValueError(problem)
         if self.database_url and not self.database.allow_insecure:
             problem = security.database_problem(self.database_url, self.database.sslmode)
             if problem:

@@ -14,7 +14,8 @@ Nested records (analysis, keywords, parameters, verdict) are JSON strings so eve
 same schema.
 
 Export writes only into an empty folder or one it wrote before: it leaves a marker file
-(``.synthpipe-export``) listing what it wrote, and a re-export removes exactly those entries.
+(``.synthpipe-export``) listing every file and folder it wrote, a re-export removes exactly
+those, and anything else it would write over is refused, untouched (:mod:`common.dataset.outfolder`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 
 from common.core.errors import InputError
 from common.core.settings import get_settings
+from common.dataset.outfolder import claim_folder
 from common.dataset.summary import summarise
 from common.domain.agreement import agreement_summary
 from common.domain.decide import RULES
@@ -49,9 +50,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("imagefolder", "parquet")
 DECISION_FILTERS = ("accepted", "rejected", "all")
-MARKER = ".synthpipe-export"
-#: everything an export may write (a marker naming anything else is not obeyed)
-OWNED = ("train", "data", "summary.json", "contact_sheet.html")
+PARQUET_FILE = "data/train-00000-of-00001.parquet"
 UNSCORED = ""  # the decision column of an edit never scored (exported with --decision all only)
 JUDGE = "judge"
 
@@ -219,36 +218,6 @@ def _number(value: Any) -> float | None:
 # --- the folder ----------------------------------------------------------------------------
 
 
-def claim_folder(out_dir: Path) -> None:
-    """Make ``out_dir`` ours to write: new, empty, or written by an earlier export (then what that
-    export wrote is removed, and nothing else). Anything else is refused, untouched."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} is a file, not a folder", code="export.not_a_folder")
-    marker = out_dir / MARKER
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not marker.is_file():
-            raise InputError(f"{out_dir} is not empty and was not written by synthpipe export (no {MARKER}); "
-                             "give a new or empty folder", code="export.folder_not_ours")
-        try:
-            written = json.loads(marker.read_text()).get("written", [])
-        except (ValueError, AttributeError, OSError):
-            raise InputError(f"{marker} is not a synthpipe export marker; give a new or empty folder",
-                             code="export.folder_not_ours") from None
-        for name in written:
-            if name not in OWNED:
-                continue
-            target = out_dir / name
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            elif target.is_dir():
-                shutil.rmtree(target)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _write_marker(out_dir: Path, written: list[str], fmt: str, decision: str) -> None:
-    (out_dir / MARKER).write_text(json.dumps({"written": written, "format": fmt, "decision": decision}) + "\n")
-
-
 def _nothing_to_export(db: Database, decision: str) -> InputError:
     with db.session() as s:
         total = s.scalar(select(func.count()).select_from(Edit)) or 0
@@ -264,8 +233,8 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
            min_confidence: float | None = None, settings: Settings | None = None) -> ExportReport:
     """Write the chosen edits as a dataset, ``summary.json`` and ``contact_sheet.html`` in ``out_dir``.
 
-    Raises ``InputError`` (nothing written) when no edit matches, or when ``out_dir`` holds files
-    an export did not write.
+    Raises ``InputError`` (nothing written) when no edit matches, or when ``out_dir`` holds
+    something an export did not write where this one would write.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (allowed: {', '.join(FORMATS)})")
@@ -274,10 +243,8 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
         raise _nothing_to_export(db, decision) if not filtered else InputError(
             f"no edits to export: all {filtered} with --decision {decision} are below --min-confidence",
             code="export.empty")
-    claim_folder(out_dir)
-    data = "train" if fmt == "imagefolder" else "data"
-    written = [data, "summary.json", "contact_sheet.html"]
-    _write_marker(out_dir, written, fmt, decision)  # first: an interrupted export is still ours to replace
+    data_files = _imagefolder_files(rows) if fmt == "imagefolder" else [PARQUET_FILE]
+    owned = claim_folder(out_dir, [*data_files, "summary.json", "contact_sheet.html"], format=fmt, decision=decision)
     if fmt == "imagefolder":
         _write_imagefolder(storage, out_dir, rows)
     else:
@@ -290,10 +257,10 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if settings is None:
-
         settings = get_settings()
     sheet = write_contact_sheet(storage, out_dir / "contact_sheet.html", rows, summary, limits=settings.images,
                                 metrics=list(columns.values()), thresholds=thresholds_of(db, columns))
+    owned.finish()
     log.info("exported %d rows (%s; %d filtered out) to %s as %s", len(rows), decision, filtered, out_dir, fmt)
     return ExportReport(out_dir, fmt, decision, len(rows), filtered, summary_path, sheet, by_decision)
 
@@ -340,8 +307,18 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def _image_name(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1]  # content-addressed: the name is the hash
+
+
+def _imagefolder_files(rows: list[dict[str, Any]]) -> list[str]:
+    """Every file :func:`_write_imagefolder` writes for ``rows``, relative to the export folder."""
+    uris = {u for row in rows for u in (row["input_uri"], row["edited_uri"], *row["garment_uris"])}
+    return ["train/metadata.jsonl", *sorted(f"train/images/{_image_name(u)}" for u in uris)]
+
+
 def _copy(storage: Storage, uri: str, folder: Path) -> str:
-    name = uri.rsplit("/", 1)[-1]  # content-addressed: the name is the hash
+    name = _image_name(uri)
     target = folder / name
     if not target.exists():
         target.write_bytes(storage.get(uri))
@@ -389,7 +366,7 @@ def _write_parquet(storage: Storage, out_dir: Path, rows: list[dict[str, Any]]) 
     }
     for name in records[0]:
         features.setdefault(name, number)  # the metric columns
-    data = out_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    target = out_dir / PARQUET_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
     with quiet_datasets():
-        Dataset.from_list(records, features=Features(features)).to_parquet(str(data / "train-00000-of-00001.parquet"))
+        Dataset.from_list(records, features=Features(features)).to_parquet(str(target))

@@ -4,8 +4,13 @@ Anything ``datasets.load_dataset`` reads as an imagefolder or parquet works: syn
 export, diffusers' InstructPix2Pix layout (``input_image``, ``edit_prompt``, ``edited_image``),
 a folder of parquet files, one parquet file. Images are read undecoded from the dataset and go
 through the one safe loader (:func:`common.media.images.load_image`), so a hostile file is a rejected
-row with a reason code, never a crash. Every row ends imported, duplicate or rejected; each
-imported edit (origin ``imported``) is queued for scoring when the score stage exists.
+row with a reason code, never a crash; a file a row names is read only when it is a regular file
+(:func:`common.media.files.read_regular_file`: a FIFO or device is refused unopened). Text goes
+through :mod:`common.store.sanitize` before the store: an instruction the database cannot hold
+(``text.invalid``) or longer than ``imports.max_prompt_chars`` (``import.prompt_too_long``) is a
+refused row; the other columns, kept as provenance, are repaired (NaN becomes null). Every row
+ends imported, duplicate or rejected; each imported edit (origin ``imported``) is queued for
+scoring when the score stage exists.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from common.core import stages
@@ -29,9 +34,11 @@ from common.core.settings import ImageSettings, Settings
 from common.dataset.export import quiet_datasets
 from common.domain.scorequeue import queue_score
 from common.media.assets import Provenance, register_image_bytes
+from common.media.files import FileRefused, UnreadableFile, check_regular_file, read_regular_file
 from common.media.images import LoadedImage, load_image
 from common.store.db import Database
 from common.store.rows import RECIPES, Edit, ItemSet, ItemSetAsset
+from common.store.sanitize import UnstorableText, json_safe, repaired_text, storable_text
 from common.store.storage import Storage, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -98,7 +105,7 @@ def import_pairs(path: Path, *, db: Database, storage: Storage, settings: Settin
                          if c not in (columns.input, columns.edited, columns.garments)]
                 for i, row in enumerate(progress(ds, desc=f"import {split}", unit="row", total=len(ds))):
                     try:
-                        status, edit_id = _import_row(session, row, columns, extra, storage, settings.images,
+                        status, edit_id = _import_row(session, row, columns, extra, storage, settings,
                                                       root=root, provenance={"path": source, "split": split,
                                                                              "row": i})
                     except RowRejected as exc:
@@ -178,8 +185,9 @@ def _undecoded(ds: Any, columns: ColumnMap, path: Path) -> Any:
 
 
 def _image_bytes(value: Any, column: str, root: Path, limits: ImageSettings) -> bytes:
-    """The raw bytes of one undecoded image cell. A file it names must lie inside the dataset's
-    folder (``../`` or a symlink out of it is refused) and within the byte limit before it is read."""
+    """The raw bytes of one undecoded image cell. A file it names must be a regular file (a FIFO,
+    device or socket is refused unopened), lie inside the dataset's folder (``../`` or a symlink
+    out of it is refused) and be within the byte limit before it is read."""
     if value is None:
         raise RowRejected("import.image_missing", f"{column}: empty")
     data = value.get("bytes") if isinstance(value, dict) else None
@@ -187,16 +195,17 @@ def _image_bytes(value: Any, column: str, root: Path, limits: ImageSettings) -> 
         where = value.get("path") if isinstance(value, dict) else None
         if not where:
             raise RowRejected("import.image_missing", f"{column}: no bytes and no path")
-        file = Path(where).resolve()
-        if not file.is_relative_to(root):
-            raise RowRejected("import.path_outside", f"{column}: {where} lies outside {root}")
+        named = Path(where)
         try:
-            size = file.stat().st_size
-            if size > limits.max_bytes:
-                raise RowRejected("image.too_large", f"{column}: too large: {size} bytes (limit {limits.max_bytes})")
-            data = file.read_bytes()
-        except OSError as exc:
-            raise RowRejected("import.image_unreadable", f"{column}: {where}: {exc.strerror or exc}") from None
+            check_regular_file(named, limits.max_bytes)
+            file = named.resolve()
+            if not file.is_relative_to(root):
+                raise RowRejected("import.path_outside", f"{column}: {where} lies outside {root}")
+            data = read_regular_file(file, limits.max_bytes)
+        except UnreadableFile as exc:
+            raise RowRejected("import.image_unreadable", f"{column}: {where}: {exc}") from None
+        except FileRefused as exc:
+            raise RowRejected(exc.code, f"{column}: {where}: {exc}") from None
     return bytes(data)
 
 
@@ -216,12 +225,21 @@ def import_key(input_sha: str, edited_sha: str, prompt: str) -> str:
 
 
 def _import_row(session: Session, row: dict[str, Any], columns: ColumnMap, extra: list[str], storage: Storage,
-                limits: ImageSettings, *, root: Path, provenance: dict[str, Any]) -> tuple[str, int | None]:
+                settings: Settings, *, root: Path, provenance: dict[str, Any]) -> tuple[str, int | None]:
     """``("imported", edit_id)`` or ``("duplicate", None)``; raises :class:`RowRejected`."""
+    limits = settings.images
     prompt = row.get(columns.prompt)
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowRejected("import.prompt_missing", f"{columns.prompt}: no instruction")
     prompt = prompt.strip()
+    if len(prompt) > settings.imports.max_prompt_chars:
+        raise RowRejected("import.prompt_too_long",
+                          f"{columns.prompt}: {len(prompt)} characters (limit {settings.imports.max_prompt_chars}, "
+                          "imports.max_prompt_chars)")
+    try:
+        storable_text(prompt, columns.prompt)
+    except UnstorableText as exc:
+        raise RowRejected(exc.code, str(exc)) from None
     input_bytes = _image_bytes(row.get(columns.input), columns.input, root, limits)
     edited_bytes = _image_bytes(row.get(columns.edited), columns.edited, root, limits)
     # the key is of the original bytes, so a row imported before is known without decoding it again
@@ -254,7 +272,7 @@ def _import_row(session: Session, row: dict[str, Any], columns: ColumnMap, extra
                                               "edited": columns.edited, "garments": columns.garments,
                                               "recipe": columns.recipe},
                     "source": _source_values(row, extra, columns)},
-        backend="imported", model_id=str(row.get("edit_model") or ""), params={},
+        backend="imported", model_id=repaired_text(str(row.get("edit_model") or "")), params={},
         seed=_seed(row.get("seed")), output_uri=stored.uri, output_sha256=stored.sha256,
         width=loaded_edit.width, height=loaded_edit.height, timings={},
     )
@@ -264,6 +282,10 @@ def _import_row(session: Session, row: dict[str, Any], columns: ColumnMap, extra
             session.flush()
     except IntegrityError:
         return "duplicate", None
+    except DataError as exc:  # a value the sanitising let through: this row is refused, not the import
+        log.warning("import: the store refused row %s: %s", provenance.get("row"), exc.orig or exc)
+        raise RowRejected("import.store_refused",
+                          f"the database refused the row: {' '.join(str(exc.orig or exc).split())[:200]}") from None
     return "imported", edit.id
 
 
@@ -297,17 +319,18 @@ def _item_set(session: Session, recipe: str, members: list[tuple[int, str]]) -> 
 
 
 def _source_values(row: dict[str, Any], extra: list[str], columns: ColumnMap) -> dict[str, Any]:
-    """The row's other columns, as JSON-safe values (long text cut), for provenance."""
+    """The row's other columns, as values every store holds (:func:`json_safe`: NaN and infinities
+    become null, NUL characters are dropped), long text cut, for provenance."""
     out: dict[str, Any] = {}
     for name in extra:
         if name == columns.prompt:
             continue
-        value = row.get(name)
         try:
-            text = json.dumps(value)
-        except (TypeError, ValueError):
+            value = json_safe(row.get(name))
+        except TypeError:
             continue  # binary or other non-JSON values are not provenance
-        out[name] = value if len(text) <= MAX_SOURCE_TEXT else text[:MAX_SOURCE_TEXT]
+        text = json.dumps(value, allow_nan=False)
+        out[repaired_text(name)] = value if len(text) <= MAX_SOURCE_TEXT else text[:MAX_SOURCE_TEXT]
     return out
 
 

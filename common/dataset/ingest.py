@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.core.errors import ImageRejected, InputError
+from common.core.errors import InputError
 from common.core.progress import progress
 from common.core.settings import Settings
 from common.media.assets import Provenance, register_image_bytes
+from common.media.files import FileRefused, read_regular_file
 from common.store.db import Database
 from common.store.storage import Storage
 
@@ -53,15 +54,10 @@ def ingest(path: Path, role: str, *, db: Database, storage: Storage, settings: S
     pending = 0
     with db.session() as session:
         for file in progress(files, desc="ingest", unit="file"):
-            reason = _check_file(file, limits.max_bytes)
-            data = b""
-            if reason is None:
-                try:
-                    data = file.read_bytes()
-                except OSError as exc:
-                    reason = f"unreadable: {exc.strerror or exc}"
-            if reason is not None:
-                report.rejected.append({"path": str(file), "reason": reason})
+            try:
+                data = _read(file, limits.max_bytes)
+            except FileRefused as exc:
+                report.rejected.append({"path": str(file), "reason": str(exc)})
                 continue
             reg = register_image_bytes(
                 session, data, role=role, storage=storage, limits=limits,
@@ -82,16 +78,9 @@ def ingest(path: Path, role: str, *, db: Database, storage: Storage, settings: S
     return report
 
 
-def _check_file(file: Path, max_bytes: int) -> str | None:
-    """A reason to refuse ``file`` before reading it, or None."""
-    try:
-        st = file.stat()
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
+def _read(file: Path, max_bytes: int) -> bytes:
+    """The file's bytes, or :class:`FileRefused` (FIFOs, devices, sockets, symlinked folders and
+    oversized files are refused before they are opened)."""
     if file.is_symlink() and file.is_dir():
-        return "symlinked folder not followed"
-    if not file.is_file():
-        return "not a regular file"
-    if st.st_size > max_bytes:
-        return ImageRejected(f"too large: {st.st_size} bytes (limit {max_bytes})").reason
-    return None
+        raise FileRefused("symlinked folder not followed")
+    return read_regular_file(file, max_bytes)

@@ -12,7 +12,8 @@ Two layouts of the same examples, in snapshot order:
   where the set has them), every file of one example sharing its name.
 
 ``OUT_DIR/snapshot.json`` names the snapshot (id, hash, edit ids). The folder rules are
-export's: new, empty, or written by an earlier export.
+export's (:mod:`common.dataset.outfolder`): new, empty, or written by an earlier export, which
+owns only the files and folders it listed.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from typing import Any
 from sqlalchemy import select
 
 from common.core.errors import InputError
-from common.dataset.export import MARKER, claim_folder
+from common.dataset.outfolder import claim_folder
 from common.domain.itemsets import read_item_set
 from common.store.db import Database
 from common.store.rows import Analysis, Edit, Snapshot
 from common.store.storage import Storage
-
-WRITTEN = ["imagefolder", "ai-toolkit", "snapshot.json"]
 
 
 def _png(storage: Storage, uri: str, path: Path) -> None:
@@ -61,21 +60,12 @@ def export_snapshot(db: Database, storage: Storage, snapshot_id: int, out_dir: P
             view = read_item_set(s, e.item_set_id)
             rows.append((eid, e.output_uri, prompt, [m.uri for m in view.members]))
         info = {"snapshot_id": snap.id, "sha256": snap.sha256, "target": snap.target, "edit_ids": list(snap.edit_ids)}
-    # export's folder rules; our extra names are ours to replace on a rerun
-    claim_folder(out_dir)
-    for name in WRITTEN:
-        target = out_dir / name
-        if target.is_dir():
-            import shutil
-
-            shutil.rmtree(target)
-        elif target.is_file():
-            target.unlink()
+    owned = claim_folder(out_dir, _files(rows), format="snapshot", decision="snapshot")  # export's folder rules
     train, kit = out_dir / "imagefolder" / "train", out_dir / "ai-toolkit"
-    train.mkdir(parents=True)
+    train.mkdir(parents=True, exist_ok=True)
     lines = []
     for eid, edited, prompt, members in rows:
-        name = f"edit-{eid:08d}"
+        name = _name(eid)
         _png(storage, members[0], train / f"{name}-input.png")
         _png(storage, edited, train / f"{name}-edited.png")
         lines.append(json.dumps({"input_image_file_name": f"{name}-input.png",
@@ -84,9 +74,28 @@ def export_snapshot(db: Database, storage: Storage, snapshot_id: int, out_dir: P
         _png(storage, edited, kit / "target" / f"{name}.png")
         (kit / "target" / f"{name}.txt").write_text(prompt + "\n", encoding="utf-8")
         for k, uri in enumerate(members[:3]):
-            _png(storage, uri, kit / ("control" if k == 0 else f"control_{k + 1}") / f"{name}.png")
+            _png(storage, uri, kit / _control(k) / f"{name}.png")
     (train / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     (out_dir / "snapshot.json").write_text(json.dumps(info, indent=2))
-    (out_dir / MARKER).write_text(json.dumps({"written": WRITTEN, "format": "snapshot",
-                                              "decision": "snapshot"}) + "\n")
+    owned.finish()
     return {"out_dir": str(out_dir), "snapshot_id": info["snapshot_id"], "sha256": info["sha256"], "rows": len(rows)}
+
+
+def _name(edit_id: int) -> str:
+    return f"edit-{edit_id:08d}"
+
+
+def _control(k: int) -> str:
+    """The ai-toolkit folder of a set's ``k``-th photo: the person, then the garments."""
+    return "control" if k == 0 else f"control_{k + 1}"
+
+
+def _files(rows: list[tuple[int, str, str, list[str]]]) -> list[str]:
+    """Every file :func:`export_snapshot` writes for ``rows``, relative to the export folder."""
+    files = ["imagefolder/train/metadata.jsonl", "snapshot.json"]
+    for eid, _, _, members in rows:
+        name = _name(eid)
+        files += [f"imagefolder/train/{name}-input.png", f"imagefolder/train/{name}-edited.png",
+                  f"ai-toolkit/target/{name}.png", f"ai-toolkit/target/{name}.txt"]
+        files += [f"ai-toolkit/{_control(k)}/{name}.png" for k in range(len(members[:3]))]
+    return files

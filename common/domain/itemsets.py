@@ -57,7 +57,9 @@ def read_item_set(session: Session, item_set_id: int) -> ItemSetView:
 
 
 def load_member_images(storage: Storage, members: tuple[Member, ...], limits: ImageSettings) -> list[Image.Image]:
-    """The members' images through the safe loader; a bad one raises ``InputError`` naming it."""
+    """The members' images through the safe loader; a bad one raises ``InputError`` naming it,
+    with the loader's own reason code (``image.corrupt``, ``image.not_an_image``, …) so a job that
+    fails on a damaged stored image is counted by that reason, not as a generic bad input."""
     images = []
     for m in members:
         try:
@@ -67,5 +69,5 @@ def load_member_images(storage: Storage, members: tuple[Member, ...], limits: Im
         try:
             images.append(load_image(data, limits).image)
         except ImageRejected as exc:
-            raise InputError(f"{m.role} photo asset {m.asset_id} ({m.uri}): {exc.reason}") from None
+            raise InputError(f"{m.role} photo asset {m.asset_id} ({m.uri}): {exc.reason}", code=exc.code) from None
     return images
