@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--processes", default="1,2")
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-claim-")  # own data dir, database and storage; none of the caller's settings
     from common.devkit.scratch import scratch_database
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-claim-"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import io
+import json
 import logging
 import os
 import random
@@ -199,7 +200,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100, help="new assets paired per size and way")
     parser.add_argument("--no-crawl", action="store_true")
     args = parser.parse_args()
+    from isolation import isolate
+
+    isolate("bench-crawl-")  # own data dir, database and storage; none of the caller's settings
     logging.basicConfig(level=logging.WARNING)
+    rows: list[dict[str, Any]] = []
     if not args.no_crawl:
         rows = [crawl_hosts(int(h), args.pages, args.images, args.delay, args.settle) for h in args.hosts.split(",")]
         print(f"crawl: {args.pages} pages x {args.images} images per host, delay_s {args.delay}, "
@@ -216,6 +221,7 @@ def main() -> None:
     print(f"{'assets':>8}{'indexed ms':>12}{'load-all ms':>13}")
     for c in costs:
         print(f"{c['assets']:>8}{c['indexed_ms']:>12.2f}{c['load_all_ms']:>13.2f}")
+    print(json.dumps({"benchmark": "crawl", "crawl": rows, "pairing": costs}))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--no-pg", action="store_true")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-dedup-")  # own data dir, database and storage; none of the caller's settings
     sizes = sorted(int(x) for x in args.sizes.split(","))
     from common.devkit.scratch import scratch_database
 

@@ -7,7 +7,8 @@
 
 Needs PostgreSQL on 127.0.0.1 (``--pg-url``, default postgres@127.0.0.1:5432, no password) and
 the ``redis-server`` binary. Everything it starts listens on 127.0.0.1 only, and it refuses a
-database URL whose host is not this machine.
+database URL whose host is not this machine. It and its workers ignore the caller's ``SYNTHPIPE_*``
+settings and any ``synthpipe.toml`` (``--device`` picks the model device).
 
 Per configuration (K workers per queue, batch size B), on a fresh PostgreSQL database and its
 own redis-server (free port, no persistence, flushed between configurations):
@@ -403,9 +404,11 @@ class Bench:
         return self.deadline - time.monotonic()
 
     def env(self, workdir: Path, db_url: str) -> dict[str, str]:
+        from isolation import clean_env
+
         from common.devkit.tinymodels import tiny_run_settings
 
-        env = dict(ORIGINAL_ENV)  # SYNTHPIPE_* settings of the caller (a device, a dtype) carry over
+        env = clean_env(ORIGINAL_ENV)  # none of the caller's SYNTHPIPE_* settings: the bench sets its own
         tiny = tiny_run_settings()
         if self.args.vl_model:
             tiny = {k: v for k, v in tiny.items() if not k.startswith("SYNTHPIPE_VL__")}
@@ -423,6 +426,8 @@ class Bench:
             "SYNTHPIPE_EDIT_MODEL": self.models.get("edit", "timbrooks/instruct-pix2pix"),
             **tiny,
         })
+        if self.args.device:
+            env.update({"SYNTHPIPE_VL__DEVICE": self.args.device, "SYNTHPIPE_EDIT__DEVICE": self.args.device})
         return env
 
     def cli(self, env: dict[str, str], workdir: Path, *args: str) -> str:
@@ -637,10 +642,14 @@ def main() -> int:
     ap.add_argument("--vl-model", help="VL checkpoint (default: a tiny random Qwen2.5-VL built here)")
     ap.add_argument("--edit-model", help="edit checkpoint (default: a tiny random InstructPix2Pix built here)")
     ap.add_argument("--pg-url", default=DEFAULT_PG, help="admin URL of the PostgreSQL server on 127.0.0.1")
+    ap.add_argument("--device", help="model mode: the workers' vl and edit device (default: the settings' auto)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a burst may take")
     ap.add_argument("--job-timeout", type=float, default=120, help="seconds one trickle job may take")
     ap.add_argument("--max-seconds", type=float, default=1200, help="the whole run stops after this")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-distributed-")  # own data dir, database and storage; none of the caller's settings
     workers = [int(x) for x in args.workers.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("noop", "model") for m in modes) or not modes:

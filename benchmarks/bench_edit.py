@@ -210,6 +210,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="euler_ancestral")
     ap.add_argument("--repeats", type=int, default=1, help="time each configuration this many times, keep the fastest")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-edit-")  # own data dir, database and storage; none of the caller's settings
 
     import torch
 

@@ -9,10 +9,14 @@ Two measurements, each through the project's own code:
 - **Kontext**: ``worker_edit.backends.flux_kontext.FluxKontextBackend.run_batch`` over the same
   items at each batch size (after a warm-up call per batch size): images/s, seconds per image,
   speed-up over batch 1 and, on CUDA, peak memory.
+  With more than one step, one item is also run at 1 step: the difference to batch 1 at
+  ``--steps`` gives seconds per denoising step, and seconds per image at the default 28 steps
+  (``edit.kontext_steps``) is extrapolated (``kontext_per_step``).
 - **Character LoRA**: ``worker_train.trainers.character_lora.CharacterLoRATrainer`` for
   ``--lora-steps`` optimizer steps on ``--lora-examples`` images (the rectified-flow loss, LoRA on
-  the transformer's attention projections): seconds per step, peak memory, and the fixed-batch
-  loss before and after.
+  the transformer's attention projections): seconds per optimizer step (median, the first step
+  dropped), peak memory, and the first and last step's loss. With ``--size real`` it trains the
+  Kontext run's random weights (the same parts as a ``FluxPipeline``), built once.
 
 ``--size tiny`` uses the test suite's tiny checkpoints. ``--size real`` builds random weights
 with the component shapes of FLUX.1-dev / FLUX.1-Kontext-dev (a 19 + 38 block transformer of
@@ -34,6 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+DEFAULT_KONTEXT_STEPS = 28  #: edit.kontext_steps
+FLUX_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer",
+              "image_encoder", "feature_extractor")
 PROMPTS = ["make it snowy", "change the background to a sunny beach", "golden hour light", "a watercolour painting"]
 
 # Component shapes of black-forest-labs/FLUX.1-dev (Kontext-dev has the same).
@@ -153,6 +160,25 @@ def bench_kontext(args: argparse.Namespace, work: Path, device: str) -> list[dic
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = round(row["images_per_s"] / base, 2)
+    if args.steps > 1:  # one item at 1 step: with batch 1 at --steps, the cost of a step and of a call
+        backend.max_batch, backend.steps = 1, 1
+        _reset_peak(device)
+        started = time.perf_counter()
+        backend.run_batch(items[:1])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        one_step = time.perf_counter() - started
+        backend.steps = args.steps
+        at_steps = next(r for r in rows if r["batch_size"] == 1)["s_per_image"] if 1 in args.batch_sizes else None
+        if at_steps is not None:
+            per_step = (at_steps - one_step) / (args.steps - 1)
+            fixed = max(one_step - per_step, 0.0)
+            args.kontext_per_step = {"s_per_step": round(per_step, 4), "fixed_s_per_image": round(fixed, 3),
+                                     "default_steps": DEFAULT_KONTEXT_STEPS,
+                                     "s_per_image_at_default_steps": round(fixed + DEFAULT_KONTEXT_STEPS * per_step, 2)}
+    if args.size == "real" and args.skip != "lora":
+        args.real_pipe = backend.pipe  # the LoRA trains the same random weights (FluxPipeline of these parts)
+        backend.pipe = None
     backend.unload()
     return rows
 
@@ -169,23 +195,24 @@ def bench_lora(args: argparse.Namespace, work: Path, device: str) -> dict[str, A
                conditioning_dropout=0.0)
     if args.size == "real":
         trainer = CharacterLoRATrainer("random FLUX.1-dev shapes", hp, trigger="sks")
-        trainer.attach(build_real_pipeline(FluxPipeline, device, work))
+        kontext = getattr(args, "real_pipe", None)
+        args.real_pipe = None
+        trainer.attach(FluxPipeline(**{k: v for k, v in kontext.components.items() if k in FLUX_PARTS})
+                       if kontext is not None else build_real_pipeline(FluxPipeline, device, work))
     else:
         from worker_edit.tiny import build_tiny_flux
 
         trainer = CharacterLoRATrainer(str(build_tiny_flux(work / "flux")), hp, trigger="sks")
     examples = [CharacterExample(im, "a photo of sks person") for im in _images(args.lora_examples,
                                                                                  args.lora_resolution)]
-    _reset_peak(device)
-    started = time.perf_counter()
-    result = trainer.train(examples, work / "checkpoints")
-    seconds = time.perf_counter() - started
-    trainable = sum(p.numel() for p in trainer.params)
-    out = {"steps": result.steps, "examples": len(examples), "resolution": args.lora_resolution,
-           "rank": args.lora_rank, "trainable_params": trainable, "train_seconds": round(result.seconds, 2),
-           "s_per_step": round(result.seconds / result.steps, 3), "wall_seconds_with_encoding": round(seconds, 2),
-           "peak_gb": _peak_gb(device), "eval_loss_start": round(result.eval_loss_start, 4),
-           "eval_loss_end": round(result.eval_loss_end, 4)}
+    from realsize import time_training
+
+    timed = time_training(trainer, examples, work / "checkpoints", device)
+    out = {"steps": timed["steps"], "examples": len(examples), "resolution": args.lora_resolution,
+           "rank": args.lora_rank, "batch_size": args.lora_batch,
+           "trainable_params": int(timed["trainable_params_m"] * 1e6),
+           "s_per_step": timed["s_per_step"], "wall_seconds_with_encoding": timed["train_call_s"],
+           "peak_gb": timed["peak_gib"], "loss_first": timed["loss_first"], "loss_last": timed["loss_last"]}
     trainer.unload()
     return out
 
@@ -206,6 +233,9 @@ def main() -> int:
     p.add_argument("--lora-resolution", type=int, default=None, help="default: 512 real, 64 tiny")
     p.add_argument("--skip", choices=["kontext", "lora"], default=None)
     args = p.parse_args()
+    from isolation import isolate
+
+    isolate("bench-flux-")  # own data dir, database and storage; none of the caller's settings
     real = args.size == "real"
     args.steps = args.steps or (28 if real else 4)
     args.side = args.side or (1024 if real else 64)
@@ -216,14 +246,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-flux-") as tmp:
         if args.skip != "kontext":
             report["kontext"] = bench_kontext(args, Path(tmp), args.device)
+            if getattr(args, "kontext_per_step", None):
+                report["kontext_per_step"] = args.kontext_per_step
             for row in report["kontext"]:
                 print(f"kontext batch {row['batch_size']}: {row['images_per_s']} img/s, {row['s_per_image']} s/img, "
                       f"x{row['speedup']}, peak {row['peak_gb']} GB ({row['ok']}/{row['items']} ok)", file=sys.stderr)
         if args.skip != "lora":
             report["lora"] = lora = bench_lora(args, Path(tmp), args.device)
             print(f"character LoRA: {lora['steps']} steps at {lora['resolution']} px, {lora['s_per_step']} s/step, "
-                  f"peak {lora['peak_gb']} GB, loss {lora['eval_loss_start']} -> {lora['eval_loss_end']}",
-                  file=sys.stderr)
+                  f"peak {lora['peak_gb']} GB, loss {lora['loss_first']} -> {lora['loss_last']}", file=sys.stderr)
     print(json.dumps(report))
     return 0
 

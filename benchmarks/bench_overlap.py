@@ -41,11 +41,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="edit stage: denoising steps")
     ap.add_argument("--edit-side", type=int, default=128, help="edit stage: long side of the edited image")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="8 jobs, one round")
+    ap.add_argument("--quick", action="store_true", help="at most 8 jobs, one round")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-overlap-")  # own data dir, database and storage; none of the caller's settings
     if args.quick:
-        args.jobs, args.rounds = 8, 1
+        args.jobs, args.rounds = min(args.jobs, 8), 1
 
     from common.core.settings import get_settings, reset_settings
     from common.dataset.ingest import ingest

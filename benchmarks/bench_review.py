@@ -11,6 +11,7 @@ of --repeat requests through the real app (FastAPI TestClient, in-process), in m
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -111,6 +112,9 @@ def main() -> None:
     p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                    help="admin URL: a scratch database is made next to it ('' skips PostgreSQL)")
     args = p.parse_args()
+    from isolation import isolate
+
+    isolate("bench-review-")  # own data dir, database and storage; none of the caller's settings
     from common.devkit.scratch import scratch_database
 
     results = {}
@@ -127,6 +131,7 @@ def main() -> None:
     print("|---|" + "---|" * len(results))
     for k in keys:
         print(f"| {k} | " + " | ".join(str(r[k]) for r in results.values()) + " |")
+    print(json.dumps({"benchmark": "review", "edits": args.edits, "repeat": args.repeat, "results": results}))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ shapes (nothing is downloaded).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -62,6 +63,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=8)
     ap.add_argument("--scorers", default="change,identity,clip,dino,garment")
     args = ap.parse_args()
+    from isolation import isolate
+
+    isolate("bench-score-")  # own data dir, database and storage; none of the caller's settings
 
     import torch
     from PIL import Image, ImageEnhance
@@ -115,6 +119,9 @@ def main() -> None:
     print("|---|" + "---|" * len(batch_sizes))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{rates[name][b]:.1f}" for b in batch_sizes) + " |")
+    print(json.dumps({"benchmark": "score", "size": args.size, "device": device, "items": args.items,
+                      "rows": [{"scorer": name, "batch_size": b, "scores_per_s": round(rates[name][b], 2)}
+                               for name in names for b in batch_sizes]}))
 
 
 if __name__ == "__main__":

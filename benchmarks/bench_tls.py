@@ -141,7 +141,10 @@ def main() -> int:
     ap.add_argument("--job-timeout", type=float, default=120)
     ap.add_argument("--max-seconds", type=float, default=1200)
     args = ap.parse_args()
-    args.with_edit, args.vl_model, args.edit_model = False, None, None
+    from isolation import isolate
+
+    isolate("bench-tls-")  # own data dir, database and storage; none of the caller's settings
+    args.with_edit, args.vl_model, args.edit_model, args.device = False, None, None, None
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in ("noop", "model") for m in modes) or args.repeats < 1 or args.workers < 1:
         ap.error("--modes takes noop and/or model; --repeats and --workers must be positive")

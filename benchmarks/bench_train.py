@@ -9,6 +9,12 @@ Runs ``worker_train.trainers`` exactly as a train job does (frozen encoders once
 ``--steps`` optimizer steps with checkpointing off) after a warm-up of 2 steps per point, on
 random images at ``--resolution``. Reports steps/s, examples/s and the first/last loss. The
 tiny models are the test suite's, built offline; nothing is downloaded.
+
+``--size real --device cuda`` trains random weights of the released shapes instead: the
+InstructPix2Pix checkpoint of ``bench_edit.py --size real`` (Stable Diffusion 1.5 UNet) and a
+Qwen2.5-VL-7B built on the device (``realsize.random_vl_weights``), in bfloat16 with plain AdamW
+and no 4-bit quantization (bitsandbytes is not carried to the GPU machine); one train call per
+point, seconds per step the median after the first step, and peak memory.
 """
 
 from __future__ import annotations
@@ -68,6 +74,27 @@ def measure(target: str, model: Path, batch: int, rank: int, steps: int, side: i
             "loss_first": result.loss_curve[0][1], "loss_last": result.loss_curve[-1][1]}
 
 
+def measure_real(target: str, model: Path, batch: int, rank: int, steps: int, side: int, device: str,
+                 work: Path) -> dict[str, Any]:
+    """Real shapes: one train call (the first step, with its warm-up, left out of the step time)."""
+    from realsize import random_vl_weights, time_training
+
+    from worker_train.trainers.loop import Hyper
+
+    hp = Hyper(rank=rank, lr=1e-4, steps=steps, batch_size=batch, resolution=side, checkpoint_every=10**9,
+               device=device, dtype="bfloat16" if device.startswith("cuda") else "float32", optimizer="adamw",
+               quantization="none", gradient_checkpointing=True)
+    trainer, examples = _trainer(target, model, hp, max(4, batch), side)
+    if target == "vl":  # random 7B weights built on the device, not read from disk
+        with random_vl_weights(device):
+            trainer.load()
+    timed = time_training(trainer, examples, work / f"{target}-run", device)
+    trainer.unload()
+    return {"target": target, "batch_size": batch, "rank": rank, "resolution": side, "optimizer": "adamw",
+            "quantization": "none", "dtype": hp.dtype, **timed,
+            "steps_per_s": round(1 / timed["s_per_step"], 3) if timed["s_per_step"] else None}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", choices=["edit", "vl", "both"], default="both")
@@ -76,28 +103,43 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--size", choices=["tiny", "real"], default="tiny",
+                   help="real: random weights of timbrooks/instruct-pix2pix and Qwen2.5-VL-7B shapes (a GPU)")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    from isolation import isolate
+
+    isolate("bench-train-")  # own data dir, database and storage; none of the caller's settings
     import torch
 
     from common.devkit.tinymodels import build_one
 
-    torch.set_num_threads(1)
+    real = args.size == "real"
+    if not real:
+        torch.set_num_threads(1)
     targets = ["edit", "vl"] if args.target == "both" else [args.target]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
-            model = build_one(target, Path(tmp))
+            if real:
+                from bench_edit import build_real
+                from bench_vl import random_checkpoint
+
+                model = (build_real(Path(tmp) / "edit", init_device=args.device) if target == "edit"
+                         else random_checkpoint("7b", Path(tmp) / "vl"))
+            else:
+                model = build_one(target, Path(tmp))
             side = args.resolution if target == "edit" else max(56, args.resolution)
             for rank in map(int, args.ranks.split(",")):
                 for batch in map(int, args.batch_sizes.split(",")):
-                    rows.append(measure(target, model, batch, rank, args.steps, side))
+                    rows.append(measure_real(target, model, batch, rank, args.steps, side, args.device, Path(tmp))
+                                if real else measure(target, model, batch, rank, args.steps, side))
                     if not args.json:
                         r = rows[-1]
-                        print(f"{target:4} rank {rank:3} batch {batch:2}: {r['steps_per_s']:6.2f} steps/s "
-                              f"{r['examples_per_s']:6.2f} examples/s  loss {r['loss_first']:.3f}->{r['loss_last']:.3f}",
-                              flush=True)
+                        print(f"{target:4} rank {rank:3} batch {batch:2}: {r['steps_per_s']} steps/s "
+                              f"loss {r['loss_first']:.3f}->{r['loss_last']:.3f}", flush=True)
     if args.json:
-        print(json.dumps({"threads": 1, "rows": rows}))
+        print(json.dumps({"size": args.size, "device": args.device, "threads": None if real else 1, "rows": rows}))
     return 0
 
 

@@ -6,11 +6,38 @@
 Each section runs in a child process under its own time limit, so a hang or a crash costs that
 section only; the JSON is rewritten after every section (what finished survives a kill).
 
-Sections: ``checks`` (bf16 loading, ``--gpu`` pinning, schema-constrained decoding on the card,
-batch equals single for the VL model and the editor), ``vl`` (analyses/s at batch 1/8/32,
-Qwen2.5-VL-7B shape), ``edit`` (images/s at 20 steps and 512², InstructPix2Pix shape, peak
-memory), ``score`` (CLIP ViT-L/14 and DINOv2-L shapes, items/s), ``overlap`` (model-busy share
-of a stage's wall time, serial and overlapped).
+Every section runs isolated: its child process gets none of the caller's ``SYNTHPIPE_*``
+settings, its own temporary data dir (SQLite database and object storage under it) and no
+``synthpipe.toml`` (``SYNTHPIPE_CONFIG`` names a file that does not exist); the benchmarks it runs
+isolate themselves the same way (``benchmarks/isolation.py``). ``--sections a,b`` picks sections.
+
+Sections (real run: random weights of the released shapes, bfloat16, built on the card; dry run:
+the test suite's tiny checkpoints on the CPU):
+
+- ``checks``: bf16 loading, ``--gpu`` pinning, schema-constrained decoding on the card, batch
+  equals single for the VL model and the editor (tiny models).
+- ``vl``: complete analyses with Qwen2.5-VL-7B shapes: 16 try-on items at batch 16 with
+  ``max_new_tokens`` 2048 (room for the whole schema-constrained answer): how many were complete
+  and valid against the schema, tokens per analysis, analyses/s and tokens/s (``bench_vl.py``).
+- ``edit``: InstructPix2Pix (SD 1.5 UNet shape), images/s at 20 steps and 512 px, batch 1 and 4,
+  peak memory (``bench_edit.py``).
+- ``score``: CLIP ViT-L/14 and DINOv2-L shapes, items/s.
+- ``overlap``: model-busy share of a stage's wall time, serial and overlapped (``bench_overlap.py``).
+- ``edit-plus``: Qwen-Image-Edit Plus (2509 shapes: 20.4B transformer, Qwen2.5-VL-7B text
+  encoder, 16-channel VAE) through the qwen-image-edit-plus backend: one person + one garment
+  photo, 512 px output (``edit.max_side``), references at the native 1024² / 384² areas, true CFG;
+  s/step from a 1-step and a 3-step call, s/image extrapolated to the default 40 steps, peak
+  memory; then 3 steps of the edit-plus LoRA trainer on the same weights (256 px, batch 2, rank
+  4): s/step, peak memory. If the full text encoder does not fit beside the transformer, it is
+  built with fewer layers and ``model.text_encoder_layers`` says how many (``bench_qwen_edit.py``).
+- ``flux``: FLUX.1 Kontext (12B transformer, T5-XXL, CLIP-L, 16-channel VAE) through the
+  flux-kontext backend at 1024 px: 4 steps and 1 step, s/step and s/image extrapolated to the
+  default 28 steps, peak memory; then 3 steps of the character LoRA trainer (FLUX.1-dev, the
+  same weights) at 512 px, batch 2, rank 16: s/step, peak memory (``bench_flux.py``).
+- ``train``: 4 steps each of the edit LoRA trainer (InstructPix2Pix, 256 px, batch 2, rank 4)
+  and the VL LoRA trainer (Qwen2.5-VL-7B, 448 px images, batch 2, rank 8; bf16 and plain AdamW:
+  bitsandbytes' 4-bit and 8-bit paths are not carried to the card): s/step, peak memory
+  (``bench_train.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,34 +58,48 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-#: section -> seconds it may take (real run; the whole must stay under 8 minutes)
-BUDGET = {"checks": 80, "vl": 190, "edit": 90, "score": 45, "overlap": 60}
-DRY_BUDGET = {"checks": 240, "vl": 120, "edit": 120, "score": 90, "overlap": 120}
+from isolation import clean_env, isolate  # noqa: E402  (benchmarks/, put on the path just above)
+
+#: section -> seconds it may take (real run, one H100: the whole, with gpu.sh's install, under 8 minutes)
+BUDGET = {"checks": 40, "vl": 65, "edit": 40, "score": 25, "overlap": 40, "edit-plus": 95, "flux": 65, "train": 70}
+#: the same on a CPU with tiny models (a few minutes in all on 2 cores)
+DRY_BUDGET = {"checks": 240, "vl": 150, "edit": 120, "score": 90, "overlap": 240, "edit-plus": 180, "flux": 150,
+              "train": 150}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="gpu-figures.json")
     ap.add_argument("--dry-run", action="store_true", help="CPU and tiny sizes: check the script itself quickly")
-    ap.add_argument("--sections", default=",".join(BUDGET))
+    ap.add_argument("--sections", default=",".join(BUDGET), help="comma list of: " + ", ".join(BUDGET))
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="the whole run; a section gets what is left when that is less than its budget")
     ap.add_argument("--section", help=argparse.SUPPRESS)  # a child process runs one section
     args = ap.parse_args()
     device = "cpu" if args.dry_run else "cuda"
     if args.section:
+        isolate(f"gpu-check-{args.section}-")  # the parent cleaned the environment; this makes sure
         result = SECTIONS[args.section](device, args.dry_run)
         sys.stdout.write("\nRESULT " + json.dumps(result) + "\n")
         return 0
     budget = DRY_BUDGET if args.dry_run else BUDGET
+    sections = [n for n in args.sections.split(",") if n]
+    unknown = [n for n in sections if n not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     out = Path(args.out)
     figures: dict[str, Any] = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "environment": environment()}
     total = time.perf_counter()
-    for name in args.sections.split(","):
+    for name in sections:
         started = time.perf_counter()
+        left = None if args.max_seconds is None else args.max_seconds - (started - total)
+        limit = budget[name] if left is None else max(1.0, min(budget[name], left - 5))
         cmd = [sys.executable, __file__, "--section", name, *(["--dry-run"] if args.dry_run else [])]
+        data_dir = Path(tempfile.mkdtemp(prefix=f"gpu-check-{name}-"))
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget[name], cwd=ROOT,
-                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT,
+                                  env={**clean_env(data_dir=data_dir), "TOKENIZERS_PARALLELISM": "false"})
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode == 0 and lines:
                 figures[name] = json.loads(lines[-1].removeprefix("RESULT "))
@@ -65,14 +107,17 @@ def main() -> int:
                 figures[name] = {"error": f"exit {done.returncode}", "log": (done.stdout + done.stderr)[-3000:]}
         except subprocess.TimeoutExpired as exc:
             log = (exc.stdout or b"") + (exc.stderr or b"")
-            figures[name] = {"error": f"timed out after {budget[name]} s",
+            figures[name] = {"error": f"timed out after {limit:.0f} s",
                              "log": (log.decode(errors="replace") if isinstance(log, bytes) else str(log))[-3000:]}
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        figures[name]["budget_s"] = round(limit)
         figures[name]["section_seconds"] = round(time.perf_counter() - started, 1)
         figures["total_seconds"] = round(time.perf_counter() - total, 1)
         out.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"{name}: {'error: ' + figures[name]['error'] if 'error' in figures[name] else 'ok'} "
               f"({figures[name]['section_seconds']} s)", file=sys.stderr)
-    failed = [k for k in args.sections.split(",") if "error" in figures[k] or figures[k].get("passed") is False]
+    failed = [k for k in sections if "error" in figures[k] or figures[k].get("passed") is False]
     print(f"figures in {out}; {'all sections ok' if not failed else 'not ok: ' + ', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
@@ -208,27 +253,33 @@ def _pinning(device: str) -> dict[str, Any]:
     return {"passed": ok, "cards": count, "pinned_to_last": last, "pinned_to_missing": missing}
 
 
-def _bench(script: str, args: list[str]) -> list[dict[str, Any]]:
+def _report(script: str, args: list[str]) -> Any:
+    """Run ``benchmarks/<script>`` (it isolates itself); its last JSON line."""
     done = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed: {done.stderr[-2000:]}")
-    last = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith(("[", "{"))][-1])
+    return json.loads([ln for ln in done.stdout.splitlines() if ln.startswith(("[", "{"))][-1])
+
+
+def _bench(script: str, args: list[str]) -> list[dict[str, Any]]:
+    last = _report(script, args)
     return last["rows"] if isinstance(last, dict) else last  # type: ignore[no-any-return]
 
 
 def section_vl(device: str, dry: bool) -> dict[str, Any]:
+    """Complete analyses: a token budget the schema-constrained answer fits in (2048)."""
     if dry:
-        rows = _bench("bench_vl.py", ["--size", "tiny", "--device", device, "--batch-sizes", "1,2", "--items", "2",
-                                      "--max-new-tokens", "32"])
-    else:  # one random 7B checkpoint; batch 1 over 8 items, batches 8 and 32 over 32 items
-        from bench_vl import build_random
-
-        model = build_random("7b", Path(tempfile.mkdtemp(prefix="gpu-vl-")) / "vl")
-        common = ["--size", "7b", "--model", str(model), "--device", device, "--max-new-tokens", "64"]
-        rows = (_bench("bench_vl.py", [*common, "--batch-sizes", "1", "--items", "8"])
-                + _bench("bench_vl.py", [*common, "--batch-sizes", "8,32", "--items", "32"]))
+        rows = _bench("bench_vl.py", ["--size", "tiny", "--device", device, "--batch-sizes", "2", "--items", "2",
+                                      "--max-new-tokens", "2048"])
+    else:  # random Qwen2.5-VL-7B weights built on the card; 16 items at batch 16
+        rows = _bench("bench_vl.py", ["--size", "7b", "--device", device, "--max-new-tokens", "2048",
+                                      "--batch-sizes", "16", "--items", "16"])
     return {"model": "tiny" if dry else "Qwen2.5-VL-7B shape, random weights", "rows": rows,
-            "analyses_per_s": {str(r["batch_size"]): r["analyses_per_s"] for r in rows}}
+            "max_new_tokens": 2048,
+            "complete_valid": {str(r["batch_size"]): f"{r['complete_valid']}/{r['items']}" for r in rows},
+            "tokens_per_analysis": {str(r["batch_size"]): r["tokens_per_analysis"] for r in rows},
+            "analyses_per_s": {str(r["batch_size"]): r["analyses_per_s"] for r in rows},
+            "passed": all(r["complete_valid"] == r["items"] for r in rows)}
 
 
 def section_edit(device: str, dry: bool) -> dict[str, Any]:
@@ -237,7 +288,7 @@ def section_edit(device: str, dry: bool) -> dict[str, Any]:
                                         "--items", "2", "--resolution", "64"])
     else:
         rows = _bench("bench_edit.py", ["--size", "real", "--device", device, "--dtype", "bfloat16", "--steps", "20",
-                                        "--batch-sizes", "1,4", "--items", "8", "--resolution", "512"])
+                                        "--batch-sizes", "1,4", "--items", "4", "--resolution", "512"])
     return {"model": "tiny" if dry else "InstructPix2Pix shape (SD 1.5 UNet), random weights", "rows": rows,
             "images_per_s": {str(r["batch_size"]): r["images_per_s"] for r in rows},
             "peak_gib": max((r.get("peak_gib") or 0 for r in rows), default=None)}
@@ -327,17 +378,60 @@ def section_overlap(device: str, dry: bool) -> dict[str, Any]:
     if not script.exists():
         return {"note": "benchmarks/bench_overlap.py is not there"}
     out: dict[str, Any] = {}
+    small = ["--quick", "--jobs", "2", "--batch-size", "2", "--photo-side", "256", "--max-new-tokens", "32",
+             "--steps", "2", "--edit-side", "64"]
     for stage in ("vl", "edit"):
         done = subprocess.run([sys.executable, str(script), "--stage", stage, "--device", device, "--json",
-                               *(["--quick"] if dry else [])], capture_output=True, text=True, cwd=ROOT)
+                               *(small if dry else [])], capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"bench_overlap.py --stage {stage} failed: {done.stderr[-2000:]}")
         out[stage] = json.loads(done.stdout.strip().splitlines()[-1])
     return out
 
 
+def section_edit_plus(device: str, dry: bool) -> dict[str, Any]:
+    """Qwen-Image-Edit Plus: s/step, s/image at 40 steps, peak; then edit-plus LoRA steps."""
+    if dry:
+        report = _report("bench_qwen_edit.py", ["--size", "tiny", "--device", device, "--steps", "2",
+                                                "--lora-steps", "2", "--lora-examples", "1", "--lora-batch", "1"])
+    else:
+        report = _report("bench_qwen_edit.py", ["--size", "real", "--device", device, "--steps", "3",
+                                                "--lora-steps", "3", "--lora-examples", "2", "--lora-batch", "2"])
+    report["passed"] = bool(report.get("edit", {}).get("ok"))
+    return report
+
+
+def section_flux(device: str, dry: bool) -> dict[str, Any]:
+    """FLUX.1 Kontext: s/step, s/image at 28 steps, peak; then character LoRA steps."""
+    if dry:
+        report = _report("bench_flux.py", ["--size", "tiny", "--device", device, "--steps", "2", "--items", "1",
+                                           "--batch-sizes", "1", "--lora-steps", "2", "--lora-examples", "1"])
+    else:
+        report = _report("bench_flux.py", ["--size", "real", "--device", device, "--steps", "4", "--items", "1",
+                                           "--batch-sizes", "1", "--lora-steps", "3", "--lora-examples", "2",
+                                           "--lora-batch", "2"])
+    report["model"] = "tiny" if dry else "FLUX.1-Kontext-dev / FLUX.1-dev shapes, random weights"
+    report["passed"] = all(r["ok"] == r["items"] for r in report["kontext"])
+    return report
+
+
+def section_train(device: str, dry: bool) -> dict[str, Any]:
+    """The edit (InstructPix2Pix) and VL (Qwen2.5-VL) LoRA trainers: s/step, peak memory."""
+    size = ["--size", "tiny" if dry else "real", "--device", device, "--json", "--batch-sizes", "1" if dry else "2"]
+    steps = ["--steps", "2" if dry else "4"]
+    rows = (_bench("bench_train.py", [*size, *steps, "--target", "edit", "--ranks", "4",
+                                      "--resolution", "64" if dry else "256"])
+            + _bench("bench_train.py", [*size, *steps, "--target", "vl", "--ranks", "8",
+                                        "--resolution", "56" if dry else "448"]))
+    return {"model": "tiny" if dry else "InstructPix2Pix (SD 1.5) and Qwen2.5-VL-7B shapes, random weights",
+            "rows": rows, "s_per_step": {r["target"]: r.get("s_per_step") or round(1 / r["steps_per_s"], 4)
+                                         for r in rows},
+            "peak_gib": {r["target"]: r.get("peak_gib") for r in rows}}
+
+
 SECTIONS = {"checks": section_checks, "vl": section_vl, "edit": section_edit, "score": section_score,
-            "overlap": section_overlap}
+            "overlap": section_overlap, "edit-plus": section_edit_plus, "flux": section_flux,
+            "train": section_train}
 
 if __name__ == "__main__":
     sys.exit(main())
