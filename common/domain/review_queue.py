@@ -2,15 +2,19 @@
 
 A reviewer's current decision on an edit is their newest ``reviews`` row for it. Rows are only
 added: a decision, a change of mind, an undo (a row restoring the state before the undone one).
+A database trigger copies each reviewer's newest row to ``review_current`` and keeps per-edit
+counts in ``review_edit_counts`` (migration 0011): the queue and the stats read those.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, and_, cast, exists, func, select
+from sqlalchemy import Select, String, and_, cast, exists, func, literal, select, union
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from common.core.errors import InputError
@@ -22,6 +26,8 @@ from common.store.rows import (
     ItemSet,
     ItemSetAsset,
     Review,
+    ReviewCurrent,
+    ReviewEditCount,
     Reviewer,
     Score,
 )
@@ -84,85 +90,201 @@ def parse_score_key(value: str | None) -> tuple[str | None, str | None]:
     return scorer, metric
 
 
-def _latest_reviews() -> Any:
-    """(reviewer_id, edit_id, decision, tags, review id): each reviewer's current row per edit."""
-    last = (select(Review.reviewer_id, Review.edit_id, func.max(Review.id).label("last_id"))
-            .group_by(Review.reviewer_id, Review.edit_id).subquery())
-    return (select(Review.reviewer_id, Review.edit_id, Review.decision, Review.tags, Review.note,
-                   Review.created_at, Review.id)
-            .join(last, Review.id == last.c.last_id).subquery())
+def _decided_by(reviewer_id: int, edit_id: Any) -> Any:
+    """The reviewer currently accepts or rejects the edit: one primary-key probe."""
+    return exists().where(ReviewCurrent.reviewer_id == reviewer_id, ReviewCurrent.edit_id == edit_id,
+                          ReviewCurrent.decision.in_(DECIDED))
 
 
-def _decided_counts() -> Any:
-    cur = _latest_reviews()
-    return (select(cur.c.edit_id, func.count().label("n"))
-            .where(cur.c.decision.in_(DECIDED)).group_by(cur.c.edit_id).subquery())
+def _reviewed_enough(edit_id: Any, required: int) -> Any:
+    """``required`` reviewers or more currently decide the edit: one primary-key probe."""
+    return exists().where(ReviewEditCount.edit_id == edit_id,
+                          ReviewEditCount.accepted + ReviewEditCount.rejected >= required)
 
 
-def _base(f: QueueFilter, reviewer_id: int, required: int) -> Select[Any]:
-    primary = aliased(Asset)
-    q = (select(Edit.id)
-         .join(ItemSet, ItemSet.id == Edit.item_set_id)
-         .join(ItemSetAsset, and_(ItemSetAsset.item_set_id == ItemSet.id, ItemSetAsset.position == 0))
-         .join(primary, primary.id == ItemSetAsset.asset_id)
-         .outerjoin(Decision, Decision.edit_id == Edit.id))
-    if f.recipe:
-        q = q.where(ItemSet.recipe == f.recipe)
-    if f.site:
-        q = q.where(primary.site == f.site)
-    if f.category:
-        q = q.where(primary.category == f.category)
-    if f.ai == "none":
-        q = q.where(Decision.id.is_(None))
-    elif f.ai:
-        q = q.where(Decision.decision == f.ai)
-    if f.reason:
-        # reasons is a JSON list of codes; its text holds each code quoted, on SQLite and PostgreSQL
+def _score_filter(f: QueueFilter) -> bool:
+    return bool(f.scorer and f.metric and (f.score_min is not None or f.score_max is not None))
+
+
+def _only_ai(f: QueueFilter) -> bool:
+    """No filter but the AI decision (and mine): the total can be counted exactly and cheaply."""
+    return not (f.recipe or f.site or f.category or f.reason or _score_filter(f))
+
+
+def _filtered(q: Select[Any], f: QueueFilter, edit_id: Any, reviewer_id: int, required: int,
+              *, edit_joined: bool, postgres: bool) -> Select[Any]:
+    """``q`` (edits named by ``edit_id``, ``decisions`` joined) narrowed by everything in ``f``
+    but the AI decision, which the caller applies to fit its index."""
+    if f.recipe or f.site or f.category:
+        if not edit_joined:
+            q = q.join(Edit, Edit.id == edit_id)
+        if f.recipe:
+            q = q.join(ItemSet, ItemSet.id == Edit.item_set_id).where(ItemSet.recipe == f.recipe)
+        if f.site or f.category:
+            primary = aliased(Asset)
+            q = (q.join(ItemSetAsset, and_(ItemSetAsset.item_set_id == Edit.item_set_id, ItemSetAsset.position == 0))
+                 .join(primary, primary.id == ItemSetAsset.asset_id))
+            if f.site:
+                q = q.where(primary.site == f.site)
+            if f.category:
+                q = q.where(primary.category == f.category)
+    if f.reason and postgres:  # one element of the list, by the GIN index ix_decisions_reasons (0011)
+        q = q.where(cast(Decision.reasons, JSONB).contains(cast(literal(json.dumps([f.reason])), JSONB)))
+    elif f.reason:  # reasons is a JSON list of codes; its text holds each code quoted
         q = q.where(cast(Decision.reasons, String).contains(f'"{f.reason}"', autoescape=True))
-    if f.scorer and f.metric and (f.score_min is not None or f.score_max is not None):
+    if _score_filter(f):
         value = Score.metrics[f.metric].as_float()
-        cond = [Score.edit_id == Edit.id, Score.scorer == f.scorer]
+        cond = [Score.edit_id == edit_id, Score.scorer == f.scorer]
         if f.score_min is not None:
             cond.append(value >= f.score_min)
         if f.score_max is not None:
             cond.append(value <= f.score_max)
         q = q.where(exists().where(*cond))
-    if f.mine != "all":
-        # my current decision per edit: one index seek (reviewer_id, edit_id) per edit on both databases
-        mine = (select(Review.decision).where(Review.reviewer_id == reviewer_id, Review.edit_id == Edit.id)
-                .order_by(Review.id.desc()).limit(1).correlate(Edit).scalar_subquery())
-        if f.mine == "done":
-            q = q.where(mine.in_(DECIDED))
-        else:
-            counts = _decided_counts()
-            q = (q.outerjoin(counts, counts.c.edit_id == Edit.id)
-                 .where(func.coalesce(mine, CLEARED).not_in(DECIDED), func.coalesce(counts.c.n, 0) < required))
+    if f.mine == "done":
+        q = q.where(_decided_by(reviewer_id, edit_id))
+    elif f.mine == "pending":
+        q = q.where(~_decided_by(reviewer_id, edit_id), ~_reviewed_enough(edit_id, required))
     return q
 
 
-def queue_ids(session: Session, f: QueueFilter, reviewer_id: int, *, required: int, limit: int,
-              offset: int = 0) -> tuple[list[int], int]:
-    """The ids of one page of the queue, in order, and how many edits match in all."""
-    q = _base(f, reviewer_id, required)
-    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
-    if f.sort == "uncertain":  # nearest a threshold first; edits not decided yet last
-        q = q.order_by(Decision.margin.is_(None), Decision.margin, Edit.id)
-    elif f.sort == "newest":
-        q = q.order_by(Edit.id.desc())
+def _with_margin(f: QueueFilter, reviewer_id: int, required: int, postgres: bool) -> Select[Any] | None:
+    """The matching edits whose AI decision has a margin, walked in ``ix_decisions_margin`` (or
+    ``ix_decisions_decision_margin``) order; None when the filter wants undecided edits."""
+    if f.ai == "none":
+        return None
+    q = select(Decision.edit_id).where(Decision.margin.is_not(None))
+    if f.ai:
+        q = q.where(Decision.decision == f.ai)
+    return _filtered(q, f, Decision.edit_id, reviewer_id, required, edit_joined=False, postgres=postgres)
+
+
+def _without_margin(f: QueueFilter, reviewer_id: int, required: int, postgres: bool) -> Select[Any]:
+    """The matching edits with no AI decision, or one without a margin (the end of the queue)."""
+    if f.ai in DECIDED:  # straight from the decisions index: margin IS NULL within one decision
+        q = select(Decision.edit_id).where(Decision.decision == f.ai, Decision.margin.is_(None))
+        return _filtered(q, f, Decision.edit_id, reviewer_id, required, edit_joined=False, postgres=postgres)
+    q = select(Edit.id).outerjoin(Decision, Decision.edit_id == Edit.id)
+    q = q.where(Decision.id.is_(None)) if f.ai == "none" else q.where(Decision.margin.is_(None))
+    return _filtered(q, f, Edit.id, reviewer_id, required, edit_joined=True, postgres=postgres)
+
+
+def _all(f: QueueFilter, reviewer_id: int, required: int, postgres: bool) -> Select[Any]:
+    """Every matching edit (its id), for the orders by id and for counting."""
+    q = select(Edit.id).outerjoin(Decision, Decision.edit_id == Edit.id)
+    if f.ai == "none":
+        q = q.where(Decision.id.is_(None))
+    elif f.ai:
+        q = q.where(Decision.decision == f.ai)
+    return _filtered(q, f, Edit.id, reviewer_id, required, edit_joined=True, postgres=postgres)
+
+
+#: on PostgreSQL a filtered total is counted exactly when the planner expects at most this many
+#: edits (and there are); above it the planner's estimate is shown, marked as one
+EXACT_TOTAL_UP_TO = 5000
+
+
+def _edits(session: Session) -> int:
+    """Edits in all, counted once per session (the total and the progress line both need it)."""
+    if "review_edits" not in session.info:
+        session.info["review_edits"] = session.scalar(select(func.count(Edit.id))) or 0
+    return int(session.info["review_edits"])
+
+
+def _count(session: Session, q: Select[Any]) -> int:
+    return session.scalar(select(func.count()).select_from(q.subquery())) or 0
+
+
+def _planned_rows(session: Session, q: Select[Any]) -> int:
+    """PostgreSQL's estimate of how many rows ``q`` returns (EXPLAIN, nothing is run)."""
+    conn = session.connection()
+    compiled = q.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    plan: Any = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def _total_only_ai(session: Session, f: QueueFilter, reviewer_id: int, required: int) -> int:
+    """The exact total when only the AI decision filters: edits (or decisions) counted from a
+    primary-key or decision index, less the few reviewed edits the queue leaves out."""
+    if f.ai in DECIDED:
+        base = session.scalar(select(func.count()).where(Decision.decision == f.ai)) or 0
     else:
-        q = q.order_by(Edit.id)
-    ids = list(session.scalars(q.limit(limit).offset(offset)))
-    return ids, total
+        base = _edits(session)
+        if f.ai == "none":
+            base -= session.scalar(select(func.count(Decision.id))) or 0
+    if f.mine == "all":
+        return base
+    left_out = union(
+        select(ReviewEditCount.edit_id.label("edit_id"))
+        .where(ReviewEditCount.accepted + ReviewEditCount.rejected >= required),
+        select(ReviewCurrent.edit_id.label("edit_id"))
+        .where(ReviewCurrent.reviewer_id == reviewer_id, ReviewCurrent.decision.in_(DECIDED))).subquery()
+    q = select(left_out.c.edit_id)
+    # a scalar subquery: one probe of the decisions' edit_id index per left-out edit (a join or
+    # EXISTS may be planned as a pass over every decision of that kind)
+    ai = select(Decision.decision).where(Decision.edit_id == left_out.c.edit_id).scalar_subquery()
+    if f.ai in DECIDED:
+        q = q.where(ai == f.ai)
+    elif f.ai == "none":
+        q = q.where(ai.is_(None))
+    return base - _count(session, q)
+
+
+def queue_total(session: Session, f: QueueFilter, reviewer_id: int, *, required: int) -> tuple[int, bool]:
+    """How many edits match, and whether that is an estimate. Exact on SQLite, for "my
+    decisions" and when only the AI decision filters; on PostgreSQL other filters are counted
+    exactly up to ``EXACT_TOTAL_UP_TO`` edits and estimated by the planner above that."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    q = _all(f, reviewer_id, required, postgres)
+    if not postgres or f.mine == "done":
+        return _count(session, q), False
+    if _only_ai(f):
+        return _total_only_ai(session, f, reviewer_id, required), False
+    planned = _planned_rows(session, q)
+    if planned <= EXACT_TOTAL_UP_TO:
+        counted = _count(session, q.limit(EXACT_TOTAL_UP_TO + 1))
+        if counted <= EXACT_TOTAL_UP_TO:
+            return counted, False
+        planned = counted
+    return planned, True
+
+
+def queue_ids(session: Session, f: QueueFilter, reviewer_id: int, *, required: int, limit: int,
+              offset: int = 0) -> tuple[list[int], int, bool]:
+    """The ids of one page of the queue, in order; how many edits match in all, and whether that
+    number is an estimate (:func:`queue_total`).
+
+    Each order walks an index and stops after the page: edit ids for newest and oldest; for
+    least certain first the AI decisions by margin (``ix_decisions_margin``), then the edits
+    without a margin by id. Filters are checked on the way, "mine" by primary-key probes of
+    ``review_current`` and ``review_edit_counts``."""
+    total, estimated = queue_total(session, f, reviewer_id, required=required)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if f.sort != "uncertain":
+        q = _all(f, reviewer_id, required, postgres).order_by(Edit.id.desc() if f.sort == "newest" else Edit.id)
+        return list(session.scalars(q.limit(limit).offset(offset))), total, estimated
+    ids: list[int] = []
+    with_margin = _with_margin(f, reviewer_id, required, postgres)
+    skip = offset
+    if with_margin is not None:
+        ids = list(session.scalars(with_margin.order_by(Decision.margin, Decision.edit_id)
+                                   .limit(limit).offset(offset)))
+        if len(ids) == limit or (not estimated and offset + len(ids) >= total):
+            return ids, total, estimated  # the page is full, or nothing is left after it
+        skip = max(0, offset - _count(session, with_margin)) if not ids else 0
+    rest = _without_margin(f, reviewer_id, required, postgres).order_by(Decision.edit_id if f.ai in DECIDED else Edit.id)
+    ids += session.scalars(rest.limit(limit - len(ids)).offset(skip))
+    return ids, total, estimated
 
 
 def progress(session: Session, reviewer_id: int, *, required: int) -> dict[str, int]:
     """Edits in all, edits with enough reviews, and how many this reviewer decided."""
-    total = session.scalar(select(func.count(Edit.id))) or 0
-    counts = _decided_counts()
-    complete = session.scalar(select(func.count()).select_from(counts).where(counts.c.n >= required)) or 0
-    cur = _latest_reviews()
-    mine = session.scalar(select(func.count()).select_from(cur).where(
-        cur.c.reviewer_id == reviewer_id, cur.c.decision.in_(DECIDED))) or 0
+    total = _edits(session)
+    complete = session.scalar(select(func.count()).where(
+        ReviewEditCount.accepted + ReviewEditCount.rejected >= required)) or 0
+    mine = session.scalar(select(func.count()).where(
+        ReviewCurrent.reviewer_id == reviewer_id, ReviewCurrent.decision.in_(DECIDED))) or 0
     return {"edits": total, "reviewed": complete, "remaining": total - complete, "mine": mine,
             "required": required}
 
@@ -235,8 +357,8 @@ def load_items(session: Session, edit_ids: list[int], reviewer_id: int, *, with_
     for sc in session.scalars(select(Score).where(Score.edit_id.in_(edit_ids)).order_by(Score.scorer)):
         scores.setdefault(sc.edit_id, {})[sc.scorer] = {
             "metrics": sc.metrics or {}, **({"error": sc.error_code} if sc.error_code else {})}
-    cur = _latest_reviews()
-    rows = session.execute(select(cur).where(cur.c.edit_id.in_(edit_ids))).all()
+    rows = session.execute(select(ReviewCurrent).where(ReviewCurrent.edit_id.in_(edit_ids))
+                           .order_by(ReviewCurrent.edit_id, ReviewCurrent.review_id)).scalars().all()
     mine: dict[int, dict[str, Any]] = {}
     decided: dict[int, int] = {}
     others: dict[int, list[dict[str, Any]]] = {}
@@ -349,8 +471,9 @@ def undo(session: Session, reviewer_id: int) -> list[Review]:
 def current_decisions(session: Session, edit_ids: list[int] | None = None) -> list[tuple[int, int, str, list[str]]]:
     """(edit_id, reviewer_id, decision, tags) of every reviewer's current decision (cleared
     ones left out)."""
-    cur = _latest_reviews()
-    q = select(cur.c.edit_id, cur.c.reviewer_id, cur.c.decision, cur.c.tags).where(cur.c.decision.in_(DECIDED))
+    cur = ReviewCurrent
+    q = select(cur.edit_id, cur.reviewer_id, cur.decision, cur.tags).where(cur.decision.in_(DECIDED))
     if edit_ids is not None:
-        q = q.where(cur.c.edit_id.in_(_storable(edit_ids)))
-    return [(int(e), int(r), str(d), list(t or [])) for e, r, d, t in session.execute(q.order_by(cur.c.edit_id))]
+        q = q.where(cur.edit_id.in_(_storable(edit_ids)))
+    return [(int(e), int(r), str(d), list(t or []))
+            for e, r, d, t in session.execute(q.order_by(cur.edit_id, cur.reviewer_id))]

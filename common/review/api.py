@@ -42,7 +42,8 @@ def _invalid(exc: ValidationError) -> Response:
 def api_items(request: Request, who: ApiUser, ctx: Ctx) -> dict[str, Any]:
     f, limit, offset = worklist.parse_filter(request.query_params, ctx.settings.page_size)
     data = worklist.queue_page(ctx, who, f, limit, offset, options=False)
-    return {"items": [i.as_dict() for i in data["items"]], "total": data["total"], "offset": offset,
+    return {"items": [i.as_dict() for i in data["items"]], "total": data["total"],
+            "total_is_estimate": data["total_is_estimate"], "offset": offset,
             "limit": limit, "progress": data["progress"], "filter": f.as_params()}
 
 

@@ -96,15 +96,17 @@ def parse_filter(params: Any, page_size: int) -> tuple[queries.QueueFilter, int,
 
 def queue_page(ctx: ReviewContext, who: Principal, f: queries.QueueFilter, limit: int, offset: int, *,
                options: bool = True) -> dict[str, Any]:
-    """One page of the queue: its items, the total, the reviewer's progress and (for the page)
-    the values each filter can take."""
+    """One page of the queue: its items, the total (``total_is_estimate``: the planner's estimate
+    of a large filtered queue, see ``queries.queue_total``), the reviewer's progress and (for the
+    page) the values each filter can take."""
     required = ctx.settings.required
     with ctx.db.session() as s:
         if ctx.db.dialect == "postgresql":  # count, page and progress from one snapshot
             s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        ids, total = queries.queue_ids(s, f, who.reviewer_id, required=required, limit=limit, offset=offset)
+        ids, total, estimated = queries.queue_ids(s, f, who.reviewer_id, required=required, limit=limit,
+                                                  offset=offset)
         items = queries.load_items(s, ids, who.reviewer_id, with_others=who.is_admin)
-        return {"items": items, "total": total, "offset": offset, "limit": limit,
+        return {"items": items, "total": total, "total_is_estimate": estimated, "offset": offset, "limit": limit,
                 "progress": queries.progress(s, who.reviewer_id, required=required),
                 "options": queries.filter_options(s) if options else {}}
 

@@ -81,8 +81,8 @@ class Asset(Base):
     source_path: Mapped[str | None] = mapped_column(Text)
     source_url: Mapped[str | None] = mapped_column(Text)
     page_url: Mapped[str | None] = mapped_column(Text)
-    site: Mapped[str | None] = mapped_column(String(200))
-    category: Mapped[str | None] = mapped_column(String(200))
+    site: Mapped[str | None] = mapped_column(String(200), index=True)
+    category: Mapped[str | None] = mapped_column(String(200), index=True)
     licence: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     found_via: Mapped[str | None] = mapped_column(String(32))  # start | link | sitemap | image_sitemap
@@ -263,6 +263,12 @@ class Decision(Base):
     that failed. Re-deciding (new thresholds) updates this row from the stored scores."""
 
     __tablename__ = "decisions"
+    __table_args__ = (
+        # the review queue walks "least certain first", overall or within one AI decision (0011)
+        Index("ix_decisions_margin", "margin", "edit_id"),
+        Index("ix_decisions_decision_margin", "decision", "margin", "edit_id"),
+        # and on PostgreSQL ix_decisions_reasons, a GIN index of (reasons::jsonb) for the reason filter
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), unique=True)
@@ -337,6 +343,34 @@ class Review(Base):
     undoes_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id"), index=True)
     batch_id: Mapped[str | None] = mapped_column(String(32), index=True)  # rows of one accept-all
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewCurrent(Base):
+    """A reviewer's current decision on an edit: a copy of their newest ``reviews`` row, kept by
+    a database trigger on ``reviews`` (migration 0011), so the queue and the stats never group
+    the whole review history. ``decision`` is ``cleared`` after an undo back to nothing."""
+
+    __tablename__ = "review_current"
+    __table_args__ = (Index("ix_review_current_edit", "edit_id"),)
+
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"), primary_key=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    tags: Mapped[list[Any] | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+    review_id: Mapped[int] = mapped_column(Integer)  # the reviews row this copies
+    created_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewEditCount(Base):
+    """Per reviewed edit, how many reviewers currently accept and reject it; kept by the same
+    trigger. An edit nobody reviewed has no row."""
+
+    __tablename__ = "review_edit_counts"
+
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id"), primary_key=True)
+    accepted: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ReviewLoginFailure(Base):
@@ -421,7 +455,6 @@ class AssetLineage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-
 __all__ = [
     "FINAL_STATUSES",
     "RECIPES",
@@ -444,6 +477,8 @@ __all__ = [
     "JobEvent",
     "Score",
     "Review",
+    "ReviewCurrent",
+    "ReviewEditCount",
     "ReviewLoginFailure",
     "ReviewSession",
     "Reviewer",
