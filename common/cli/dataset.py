@@ -9,6 +9,8 @@ from typing import Any
 
 from common.cli.base import context, emit, positive, unit_interval
 
+DEFAULT_SHARD_SIZE = 500_000_000  # common.dataset.writers.DEFAULT_SHARD_SIZE (not imported: --help stays fast)
+
 
 def cmd_import(args: argparse.Namespace) -> int:
     from common.dataset.importer import ColumnMap, import_pairs
@@ -37,13 +39,23 @@ def cmd_export(args: argparse.Namespace) -> int:
              "imagefolder/ (diffusers) and ai-toolkit/ (target, control folders, .txt captions)")
         return 0
     report = export(ctx.db, ctx.storage, Path(args.out_dir), fmt=args.format, decision=args.decision,
-                    min_confidence=args.min_confidence, settings=ctx.settings)
+                    min_confidence=args.min_confidence, settings=ctx.settings, shard_size=args.shard_size)
     tally = ", ".join(f"{k} {v}" for k, v in sorted(report.by_decision.items()))
     emit(args, report.as_dict(),
          f"exported {report.rows} rows ({args.decision}: {tally}) to {report.out_dir} ({report.format}); "
-         f"{report.filtered} below --min-confidence\nsummary: {report.summary_path}\n"
+         f"{report.filtered} below --min-confidence"
+         + (f"; {report.shards} shards" if report.shards else "") + f"\nsummary: {report.summary_path}\n"
          f"contact sheet: {report.contact_sheet}")
     return 0
+
+
+def shard_size(text: str) -> int:
+    from common.dataset.writers import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any) -> None:
@@ -63,7 +75,11 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser("export", help="write the dataset, a summary and a contact sheet to OUT_DIR")
     e.add_argument("out_dir")
-    e.add_argument("--format", choices=["imagefolder", "parquet"], default="imagefolder")
+    e.add_argument("--format", choices=["imagefolder", "parquet", "webdataset"], default="imagefolder",
+                   help="imagefolder (train/metadata.jsonl + images), parquet (data/train-*-of-*.parquet shards, "
+                   "images embedded) or webdataset (data/train-NNNNNN.tar shards)")
+    e.add_argument("--shard-size", type=shard_size, default=DEFAULT_SHARD_SIZE, metavar="SIZE",
+                   help="largest parquet / webdataset shard: bytes, or e.g. 500MB, 64MiB (default 500MB)")
     e.add_argument("--decision", choices=["accepted", "rejected", "all"], default="accepted",
                    help="accepted edits (default), rejected ones (preference negatives), or all, never-scored included")
     e.add_argument("--min-confidence", type=unit_interval, default=None)

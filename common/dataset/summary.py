@@ -1,13 +1,15 @@
 """A run's summary: counts per stage and outcome, acceptance per recipe, site and category,
-decisions with their rejection reason codes per recipe, site and category, failures by reason code."""
+decisions with their rejection reason codes per recipe, site and category, failures by reason code.
+Every figure is counted by the database (``GROUP BY``): memory does not grow with the store."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
 
 from common.store import jobs as jobstore
 from common.store.db import Database
@@ -35,17 +37,24 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
             .join(Edit, Edit.item_set_id == primary.c.id)
             .group_by(primary.c.recipe, primary.c.site, primary.c.category)
         ).all()
-        decided = s.execute(
-            select(primary.c.recipe, primary.c.site, primary.c.category, Decision.decision, Decision.reasons)
-            .select_from(Edit)
-            .join(primary, Edit.item_set_id == primary.c.id)
-            .outerjoin(Decision, Decision.edit_id == Edit.id)
-        ).all()
-        failures = s.execute(
-            select(Job.stage, Job.status, Job.error_type, Job.reason, Job.error_message)
+        # grouped in the database (reason lists as their JSON text): a few rows, however many edits
+        reasons_text = cast(Decision.reasons, String)
+        decided = [
+            (recipe, site, category, decision, json.loads(reasons) if reasons else [], n)
+            for recipe, site, category, decision, reasons, n in s.execute(
+                select(primary.c.recipe, primary.c.site, primary.c.category, Decision.decision, reasons_text,
+                       func.count())
+                .select_from(Edit)
+                .join(primary, Edit.item_set_id == primary.c.id)
+                .outerjoin(Decision, Decision.edit_id == Edit.id)
+                .group_by(primary.c.recipe, primary.c.site, primary.c.category, Decision.decision, reasons_text))
+        ]
+        failed = s.execute(
+            select(Job.stage, Job.status, Job.error_type, Job.reason, func.count(), func.min(Job.id))
             .where(Job.status.in_(("failed", "dead")))
-            .order_by(Job.id)
+            .group_by(Job.stage, Job.status, Job.error_type, Job.reason)
         ).all()
+        messages = dict(s.execute(select(Job.id, Job.error_message).where(Job.id.in_([f[5] for f in failed]))).all())
     out["acceptance"] = {
         "by_recipe": _acceptance(vl, edits, lambda r: r[0]),
         "by_site": _acceptance(vl, edits, lambda r: r[1] or LOCAL),
@@ -58,10 +67,10 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
     }
     reasons: Counter[tuple[str, str, str]] = Counter()
     examples: dict[tuple[str, str, str], str] = {}
-    for stage, status, etype, code, message in failures:
+    for stage, status, etype, code, n, first in sorted(failed, key=lambda f: f[5]):  # the first failure's message
         group = (stage, etype or status, code or "unknown")
-        reasons[group] += 1
-        examples.setdefault(group, _first_line(message))
+        reasons[group] += n
+        examples.setdefault(group, _first_line(messages.get(first)))
     out["failures"] = [
         {"stage": stage, "error_type": etype, "reason": code, "count": n, "example": examples[(stage, etype, code)]}
         for (stage, etype, code), n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -99,18 +108,20 @@ def _acceptance(vl: Sequence[Any], edits: Sequence[Any], key: Any) -> dict[str, 
 
 def _decisions(rows: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:
     """Per group: accepted, rejected and unscored edits, and rejections counted by reason code
-    (an edit rejected for two reasons counts once under each)."""
+    (an edit rejected for two reasons counts once under each); ``rows`` are counted groups
+    (recipe, site, category, decision, reasons, count)."""
     groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"accepted": 0, "rejected": 0, "unscored": 0,
                                                             "reasons": Counter()})
     for row in rows:
         g = groups[key(row)]
-        decision, codes = row[3], row[4]
+        decision, codes, n = row[3], row[4], row[5]
         if decision is None:
-            g["unscored"] += 1
+            g["unscored"] += n
             continue
-        g["accepted" if decision == "accepted" else "rejected"] += 1
+        g["accepted" if decision == "accepted" else "rejected"] += n
         if decision != "accepted":
-            g["reasons"].update(str(c) for c in (codes or []))
+            for code in codes or []:
+                g["reasons"][str(code)] += n
     for g in groups.values():
         g["reasons"] = dict(sorted(g["reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
     return dict(sorted(groups.items()))

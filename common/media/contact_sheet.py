@@ -1,12 +1,15 @@
 """An HTML contact sheet of before/after pairs that opens offline: thumbnails are inlined as
 data URIs, histograms are inline SVG, nothing is fetched. Accepted edits come first; each card
-shows its decision, reason codes and scores; each metric has a histogram with its thresholds."""
+shows its decision, reason codes and scores; each metric has a histogram with its thresholds.
+Built from a stream (:class:`ContactSheet`): counts and histograms grow as rows come, and only
+a bounded sample of rows (the first ``MAX_ROWS`` of each decision) is kept for the cards."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +85,18 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def _card(storage: Storage, row: dict[str, Any], metrics: list[str], limits: ImageSettings) -> str:
-    figs = [_figure(_thumb(storage, row["input_uri"], limits), "before"),
-            _figure(_thumb(storage, row["edited_uri"], limits), "after")]
-    figs += [_figure(_thumb(storage, u, limits, 80), "garment", "garment") for u in row["garment_uris"]]
+def _card(storage: Storage, row: dict[str, Any], metrics: list[str], limits: ImageSettings,
+          thumbs: dict[tuple[str, int], str | None] | None = None) -> str:
+    """One edit's card; ``thumbs`` keeps thumbnails already made (a photo on many cards is read once)."""
+    made = {} if thumbs is None else thumbs
+
+    def thumb(uri: str, side: int = THUMB) -> str | None:
+        if (uri, side) not in made:
+            made[(uri, side)] = _thumb(storage, uri, limits, side)
+        return made[(uri, side)]
+
+    figs = [_figure(thumb(row["input_uri"]), "before"), _figure(thumb(row["edited_uri"]), "after")]
+    figs += [_figure(thumb(u, 80), "garment", "garment") for u in row["garment_uris"]]
     site = next((s for s in row["sites"] if s), "local")
     decision = row.get("decision") or ""
     label = decision or "unscored"
@@ -107,68 +118,138 @@ def _card(storage: Storage, row: dict[str, Any], metrics: list[str], limits: Ima
     )
 
 
+class Histogram:
+    """One metric's histogram, filled one value at a time over a range known in advance
+    (``lo``..``hi``: the values' range, widened to take in every threshold of ``bounds``)."""
+
+    def __init__(self, metric: str, value_range: tuple[float, float] | None, bounds: list[tuple[str, float]],
+                 bins: int = BINS) -> None:
+        marks = [value for _, value in bounds]
+        ends = list(value_range or ()) + marks
+        lo, hi = min(ends, default=0.0), max(ends, default=1.0)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        self.metric, self.bounds, self.lo, self.hi, self.bins, self.n = metric, bounds, lo, hi, bins, 0
+        self.counts: list[dict[str, int]] = [dict.fromkeys(DECISION_ORDER, 0) for _ in range(bins)]
+
+    def add(self, value: float | None, decision: str) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        b = min(max(int((float(value) - self.lo) / (self.hi - self.lo) * self.bins), 0), self.bins - 1)
+        self.counts[b][decision if decision in DECISION_ORDER else ""] += 1
+        self.n += 1
+
+    def svg(self, *, width: int = 280, height: int = 120) -> str:
+        """Inline SVG: bars stacked by decision, a dashed line at each threshold."""
+        lo, hi, bins = self.lo, self.hi, self.bins
+        pad_l, pad_b, pad_t = 4, 16, 14
+        plot_w, plot_h = width - 2 * pad_l, height - pad_b - pad_t
+        top = max((sum(c.values()) for c in self.counts), default=0) or 1
+        bar_w = plot_w / bins
+        metric = self.metric
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+                 f'aria-label="histogram of {html.escape(metric)}">',
+                 f'<text x="{pad_l}" y="11" font-size="11">{html.escape(metric)} (n={self.n})</text>']
+        for i, c in enumerate(self.counts):
+            y = float(pad_t + plot_h)
+            for decision in DECISION_ORDER:
+                if not c[decision]:
+                    continue
+                h = c[decision] / top * plot_h
+                y -= h
+                parts.append(f'<rect x="{pad_l + i * bar_w:.1f}" y="{y:.1f}" width="{max(bar_w - 1, 1):.1f}" '
+                             f'height="{h:.1f}" fill="{COLOURS[decision]}"/>')
+        for label, value in self.bounds:
+            x = pad_l + (value - lo) / (hi - lo) * plot_w
+            parts.append(f'<line class="threshold" x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + plot_h}" '
+                         f'stroke="#000" stroke-dasharray="3,2"><title>{html.escape(label)}</title></line>')
+            parts.append(f'<text x="{min(x + 2, width - 40):.1f}" y="{pad_t + 9}" font-size="9">'
+                         f'{html.escape(label)}</text>')
+        parts.append(f'<text x="{pad_l}" y="{height - 3}" font-size="9">{lo:.3g}</text>')
+        parts.append(f'<text x="{width - pad_l}" y="{height - 3}" font-size="9" text-anchor="end">{hi:.3g}</text>')
+        parts.append("</svg>")
+        return "".join(parts)
+
+
+def _range(values: list[float]) -> tuple[float, float] | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else None
+
+
 def histogram_svg(metric: str, rows: list[dict[str, Any]], bounds: list[tuple[str, float]], *,
                   width: int = 280, height: int = 120, bins: int = BINS) -> str:
     """One metric's values as an inline SVG histogram, bars stacked by decision, a dashed line at
     each threshold (``bounds``: ``[(label, value)]``, e.g. ``[("min 0.7", 0.7)]``)."""
     values = [(float(r[metric]), r.get("decision") or "") for r in rows if r.get(metric) is not None]
-    marks = [value for _, value in bounds]
-    lo = min([v for v, _ in values] + marks, default=0.0)
-    hi = max([v for v, _ in values] + marks, default=1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad_l, pad_b, pad_t = 4, 16, 14
-    plot_w, plot_h = width - 2 * pad_l, height - pad_b - pad_t
-    counts: list[dict[str, int]] = [dict.fromkeys(DECISION_ORDER, 0) for _ in range(bins)]
+    hist = Histogram(metric, _range([v for v, _ in values]), bounds, bins)
     for value, decision in values:
-        b = min(int((value - lo) / (hi - lo) * bins), bins - 1)
-        counts[b][decision if decision in DECISION_ORDER else ""] += 1
-    top = max((sum(c.values()) for c in counts), default=0) or 1
-    bar_w = plot_w / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="histogram of {html.escape(metric)}">',
-             f'<text x="{pad_l}" y="11" font-size="11">{html.escape(metric)} (n={len(values)})</text>']
-    for i, c in enumerate(counts):
-        y = float(pad_t + plot_h)
-        for decision in DECISION_ORDER:
-            if not c[decision]:
-                continue
-            h = c[decision] / top * plot_h
-            y -= h
-            parts.append(f'<rect x="{pad_l + i * bar_w:.1f}" y="{y:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                         f'height="{h:.1f}" fill="{COLOURS[decision]}"/>')
-    for label, value in bounds:
-        x = pad_l + (value - lo) / (hi - lo) * plot_w
-        parts.append(f'<line class="threshold" x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + plot_h}" '
-                     f'stroke="#000" stroke-dasharray="3,2"><title>{html.escape(label)}</title></line>')
-        parts.append(f'<text x="{min(x + 2, width - 40):.1f}" y="{pad_t + 9}" font-size="9">{html.escape(label)}</text>')
-    parts.append(f'<text x="{pad_l}" y="{height - 3}" font-size="9">{lo:.3g}</text>')
-    parts.append(f'<text x="{width - pad_l}" y="{height - 3}" font-size="9" text-anchor="end">{hi:.3g}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        hist.add(value, decision)
+    return hist.svg(width=width, height=height)
+
+
+#: what a card shows of a row (the sample keeps only these, and the metrics)
+CARD_KEYS = ("input_uri", "edited_uri", "garment_uris", "sites", "decision", "reasons", "confidence", "recipe",
+             "origin", "seed", "edit_backend", "edit_id", "edit_prompt")
+
+
+class ContactSheet:
+    """The contact sheet of a stream of rows, in bounded memory: counts and histograms are filled
+    as rows come; the cards are the first ``max_rows`` rows in (decision, arrival) order, so at
+    most ``max_rows`` rows of each decision are kept. ``ranges`` gives each metric's value range
+    (the histograms' axes must be fixed before the first value arrives)."""
+
+    def __init__(self, metrics: list[str], ranges: dict[str, tuple[float, float]],
+                 thresholds: dict[str, list[tuple[str, float]]] | None = None, *, max_rows: int = MAX_ROWS) -> None:
+        thresholds = thresholds or {}
+        self.metrics, self.max_rows, self.total = metrics, max_rows, 0
+        self.hists = [Histogram(m, ranges.get(m), thresholds.get(m, [])) for m in metrics]
+        self.decided: dict[str, int] = dict.fromkeys(DECISION_ORDER, 0)
+        self.samples: dict[int, list[dict[str, Any]]] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        decision = row.get("decision") or ""
+        self.total += 1
+        if decision in self.decided:
+            self.decided[decision] += 1
+        for hist in self.hists:
+            value = row.get(hist.metric)
+            hist.add(None if value is None else float(value), decision)
+        kept = self.samples.setdefault(DECISION_ORDER.get(decision, 3), [])
+        if len(kept) < self.max_rows:
+            kept.append({k: row.get(k) for k in (*CARD_KEYS, *self.metrics)})
+
+    def write(self, storage: Storage, path: Path, summary: dict[str, Any], *, limits: ImageSettings) -> Path:
+        # a thumbnail needs no minimum side (small edits are shown, not trained on); every other check stays
+        limits = limits.model_copy(update={"min_side": 1})
+        ordered = [row for order in sorted(self.samples) for row in
+                   sorted(self.samples[order], key=lambda r: r.get("edit_id") or 0)][:self.max_rows]
+        thumbs: dict[tuple[str, int], str | None] = {}  # at most the cards' images
+        cards = [_card(storage, row, self.metrics, limits, thumbs) for row in ordered]
+        hists = [f'<div class="hist">{hist.svg()}</div>' for hist in self.hists]
+        jobs = summary.get("jobs", {})
+        stats = " · ".join(
+            f"{stage}: " + ", ".join(f"{k} {v}" for k, v in by.items() if v) for stage, by in jobs.items()
+            if any(by.values())
+        )
+        tally = ", ".join(f"{d or 'unscored'} {n}" for d, n in self.decided.items() if n)
+        more = f" · showing {self.max_rows} of {self.total}" if self.total > self.max_rows else ""
+        body = PAGE.format(thumb=THUMB, accepted=COLOURS["accepted"], rejected=COLOURS["rejected"],
+                           unscored=COLOURS[""],
+                           stats=html.escape(f"{self.total} edits ({tally}) · {stats}{more}"),
+                           hists=(f'<h2>Scores</h2><div class="hists">{"".join(hists)}</div>' if hists else ""),
+                           cards="\n".join(cards) or "<p>No edits yet.</p>")
+        path.write_text(body)
+        return path
 
 
 def write_contact_sheet(storage: Storage, path: Path, rows: list[dict[str, Any]], summary: dict[str, Any], *,
                         limits: ImageSettings, metrics: list[str] | None = None,
                         thresholds: dict[str, list[tuple[str, float]]] | None = None) -> Path:
+    """The contact sheet of ``rows`` (a list; a stream goes through :class:`ContactSheet`)."""
     metrics = metrics or []
-    thresholds = thresholds or {}
-    # a thumbnail needs no minimum side (small edits are shown, not trained on); every other check stays
-    limits = limits.model_copy(update={"min_side": 1})
-    ordered = sorted(rows, key=lambda r: (DECISION_ORDER.get(r.get("decision") or "", 3), r.get("edit_id", 0)))
-    cards = [_card(storage, row, metrics, limits) for row in ordered[:MAX_ROWS]]
-    hists = [f'<div class="hist">{histogram_svg(m, rows, thresholds.get(m, []))}</div>' for m in metrics]
-    jobs = summary.get("jobs", {})
-    stats = " · ".join(
-        f"{stage}: " + ", ".join(f"{k} {v}" for k, v in by.items() if v) for stage, by in jobs.items()
-        if any(by.values())
-    )
-    decided = {d: sum(1 for r in rows if (r.get("decision") or "") == d) for d in DECISION_ORDER}
-    tally = ", ".join(f"{d or 'unscored'} {n}" for d, n in decided.items() if n)
-    more = f" · showing {MAX_ROWS} of {len(rows)}" if len(rows) > MAX_ROWS else ""
-    body = PAGE.format(thumb=THUMB, accepted=COLOURS["accepted"], rejected=COLOURS["rejected"],
-                       unscored=COLOURS[""], stats=html.escape(f"{len(rows)} edits ({tally}) · {stats}{more}"),
-                       hists=(f'<h2>Scores</h2><div class="hists">{"".join(hists)}</div>' if hists else ""),
-                       cards="\n".join(cards) or "<p>No edits yet.</p>")
-    path.write_text(body)
-    return path
+    ranges = {m: r for m in metrics
+              if (r := _range([float(row[m]) for row in rows if row.get(m) is not None])) is not None}
+    sheet = ContactSheet(metrics, ranges, thresholds)
+    for row in rows:
+        sheet.add(row)
+    return sheet.write(storage, path, summary, limits=limits)

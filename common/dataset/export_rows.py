@@ -1,0 +1,240 @@
+"""The rows an export writes, read from the store in chunks: memory does not grow with the store.
+
+Edits are read in keyset-paginated chunks (``WHERE edits.id > last ORDER BY edits.id LIMIT n``),
+in edit-id order, so two exports of the same store write the same rows in the same order. The
+decision filter runs in SQL: the final decision is the people's majority where they decided (from
+``review_edit_counts``, kept by a trigger on ``reviews``), a tie is unresolved, and the AI's
+decision stands otherwise (as :mod:`common.domain.final_decision` says); ``--min-confidence``
+is a ``WHERE`` too. Scores, final decisions (tags, reviewers) and provenance are read per chunk.
+
+Two passes: :func:`plan_rows` reads ids, confidences and score metrics only, to count the rows
+(nothing is written when there are none), name the metric columns (every row has the same
+schema, so they must be known before the first row is written) and find each metric's range
+(the contact sheet's histograms bin values as they stream); :func:`iter_rows` then yields the
+full records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import case, null, select
+from sqlalchemy.orm import Session
+
+from common.core.errors import InputError
+from common.domain.final_decision import FinalDecision, final_decisions
+from common.store.db import Database
+from common.store.rows import Analysis, Decision, Edit, ItemSet, Job, ReviewEditCount, Score
+
+DECISION_FILTERS = ("accepted", "rejected", "all")
+UNSCORED = ""  # the decision column of an edit never scored (exported with --decision all only)
+JUDGE = "judge"
+CHUNK = 500  # edits read per query
+
+#: the columns of every row besides the metrics (the ``*_uri(s)`` keys are the images')
+BASE_COLUMNS = (
+    "input_uri", "edited_uri", "garment_uris", "edit_id", "origin", "edit_prompt", "decision", "reasons",
+    "failed_checks", "judge", "scores", "negative_prompt", "recipe", "confidence", "feasibility", "analysis",
+    "keywords", "variation", "provenance", "source_urls", "page_urls", "source_paths", "sites", "categories",
+    "licences", "found_via", "input_sha256", "edited_sha256", "vl_backend", "vl_model", "vl_params",
+    "prompt_version", "schema_version", "edit_backend", "edit_model", "edit_params", "seed", "item_set_key",
+    "vl_job_key", "ai_decision", "review_decision", "review_tags", "reviewers",
+)
+
+
+@dataclass
+class RowPlan:
+    """What the first pass learnt: how many rows, the metric columns and their value ranges."""
+
+    rows: int = 0
+    filtered: int = 0  # how many the confidence filter dropped
+    columns: dict[tuple[str, str], str] = field(default_factory=dict)  # (scorer, metric) -> column name
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # column -> (min, max) of its values
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.columns.values())
+
+
+def final_decision_sql() -> Any:
+    """The final decision as a SQL expression (outer-joined ``decisions`` and ``review_edit_counts``):
+    people's majority where any current decision exists, NULL for their tie, the AI's otherwise."""
+    c = ReviewEditCount
+    return case((c.accepted > c.rejected, "accepted"), (c.rejected > c.accepted, "rejected"),
+                (c.accepted + c.rejected > 0, null()), else_=Decision.decision)
+
+
+def _chosen(query: Any, decision: str) -> Any:
+    query = query.outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(
+        ReviewEditCount, ReviewEditCount.edit_id == Edit.id)
+    return query if decision == "all" else query.where(final_decision_sql() == decision)
+
+
+def _check(decision: str) -> None:
+    if decision not in DECISION_FILTERS:
+        raise InputError(f"unknown decision {decision!r} (allowed: {', '.join(DECISION_FILTERS)})")
+
+
+def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float | None = None) -> RowPlan:
+    """The first pass (see the module's docstring)."""
+    _check(decision)
+    plan = RowPlan()
+    pairs: set[tuple[str, str]] = set()
+    ranges: dict[tuple[str, str], tuple[float, float]] = {}
+    last = 0
+    with db.session() as s:
+        while True:
+            q = _chosen(select(Edit.id, Analysis.id, Analysis.confidence)
+                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id), decision)
+            chunk = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(CHUNK)).all()
+            if not chunk:
+                break
+            last = chunk[-1][0]
+            ids = []
+            for edit_id, analysis_id, confidence in chunk:
+                if min_confidence is not None and (analysis_id is None or confidence < min_confidence):
+                    plan.filtered += 1
+                else:
+                    ids.append(edit_id)
+            plan.rows += len(ids)
+            for scorer, metrics in s.execute(select(Score.scorer, Score.metrics).where(Score.edit_id.in_(ids))):
+                for name, value in (metrics or {}).items():
+                    pair = (scorer, name)
+                    pairs.add(pair)
+                    number = _number(value)
+                    if number is not None and math.isfinite(number):
+                        lo, hi = ranges.get(pair, (number, number))
+                        ranges[pair] = (min(lo, number), max(hi, number))
+            s.expunge_all()
+    plan.columns = metric_columns(pairs)
+    plan.ranges = {plan.columns[p]: r for p, r in ranges.items()}
+    return plan
+
+
+def iter_rows(db: Database, columns: dict[tuple[str, str], str], *, decision: str = "accepted",
+              min_confidence: float | None = None, chunk: int = CHUNK) -> Iterator[dict[str, Any]]:
+    """The chosen edits as records, in edit-id order, with URIs for their images and one column
+    per metric of ``columns`` (a metric not in it, scored after :func:`plan_rows`, is left out)."""
+    _check(decision)
+    last = 0
+    with db.session() as s:
+        while True:
+            q = _chosen(select(Edit, ItemSet, Analysis, Job, Decision)
+                        .join(ItemSet, Edit.item_set_id == ItemSet.id)
+                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id)
+                        .outerjoin(Job, Analysis.job_id == Job.id), decision)
+            if min_confidence is not None:
+                q = q.where(Analysis.confidence >= min_confidence)
+            found = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(chunk)).all()
+            if not found:
+                return
+            last = found[-1][0].id
+            rows = list(_records(s, found, columns, decision))
+            s.expunge_all()  # the session's identity map holds one chunk, never the store
+            yield from rows
+
+
+def _records(s: Session, found: Sequence[Any], columns: dict[tuple[str, str], str],
+             decision: str) -> Iterator[dict[str, Any]]:
+    ids = [edit.id for edit, *_ in found]
+    finals = final_decisions(s, ids)  # tags and reviewers of this chunk's reviewed edits
+    scores: dict[int, list[Score]] = {}
+    for score in s.scalars(select(Score).where(Score.edit_id.in_(ids)).order_by(Score.edit_id, Score.scorer)):
+        scores.setdefault(score.edit_id, []).append(score)
+    for edit, item, analysis, vl_job, dec in found:
+        final = finals.get(edit.id)
+        if decision != "all" and (final.decision if final else None) != decision:
+            continue  # reviewed between the query and now
+        row = _row(edit, item, analysis, vl_job, dec, scores.get(edit.id, []))
+        row.update(_review_columns(final, dec))
+        values = row.pop("_metrics")
+        for pair, name in columns.items():
+            row[name] = _number(values.get(pair))
+        yield row
+
+
+def _review_columns(final: FinalDecision | None, dec: Decision | None) -> dict[str, Any]:
+    """``decision`` becomes the final one (people's majority where reviewed, else the AI's; a tie is
+    "unresolved"); ``ai_decision`` keeps the AI's, ``review_*`` and ``reviewers`` the people's."""
+    ai = dec.decision if dec else UNSCORED
+    if final is None:  # an edit that arrived after the final decisions were read
+        return {"ai_decision": ai, "review_decision": "", "review_tags": [], "reviewers": []}
+    tie = final.source == "tie"
+    return {"decision": final.decision or ("unresolved" if tie else UNSCORED), "ai_decision": ai,
+            "review_decision": final.review_decision or ("tie" if tie else ""),
+            "review_tags": list(final.review_tags), "reviewers": list(final.reviewers)}
+
+
+def _row(edit: Edit, item: ItemSet, analysis: Analysis | None, vl_job: Job | None, dec: Decision | None,
+         scores: list[Score]) -> dict[str, Any]:
+    members = [m.asset for m in item.members]
+    primary = members[0]
+    garments = [m.asset for m in item.members if m.role == "garment"]
+    judge = next((sc for sc in scores if sc.scorer == JUDGE), None)
+    return {
+        "input_uri": primary.uri, "edited_uri": edit.output_uri, "garment_uris": [g.uri for g in garments],
+        "edit_id": edit.id,
+        "origin": edit.origin,
+        "edit_prompt": edit.edit_prompt or (analysis.edit_prompt if analysis else ""),
+        "decision": dec.decision if dec else UNSCORED,
+        "reasons": [str(r) for r in (dec.reasons if dec else [])],
+        "failed_checks": json.dumps(dec.failed if dec else {}, sort_keys=True),
+        "judge": _judge_json(judge),
+        "scores": json.dumps({sc.scorer: {"metrics": sc.metrics, "error_code": sc.error_code}
+                              for sc in scores}, sort_keys=True),
+        "_metrics": {(sc.scorer, k): v for sc in scores for k, v in (sc.metrics or {}).items()},
+        "negative_prompt": (analysis.negative_prompt or "") if analysis else "",
+        "recipe": item.recipe,
+        "confidence": float(analysis.confidence) if analysis else None,
+        "feasibility": analysis.feasibility if analysis else "",
+        "analysis": json.dumps(analysis.data if analysis else {}, sort_keys=True),
+        "keywords": json.dumps(item.keywords or {}, sort_keys=True),
+        "variation": json.dumps(item.variation or {}, sort_keys=True),
+        "provenance": json.dumps(edit.provenance or {}, sort_keys=True),
+        "source_urls": [a.source_url or "" for a in members],
+        "page_urls": [a.page_url or "" for a in members],
+        "source_paths": [a.source_path or "" for a in members],
+        "sites": [a.site or "" for a in members],
+        "categories": [a.category or "" for a in members],
+        "licences": [a.licence or "" for a in members],
+        "found_via": [a.found_via or "" for a in members],
+        "input_sha256": primary.sha256,
+        "edited_sha256": edit.output_sha256,
+        "vl_backend": analysis.backend if analysis else "", "vl_model": analysis.model_id if analysis else "",
+        "vl_params": json.dumps(analysis.params if analysis else {}, sort_keys=True),
+        "prompt_version": analysis.prompt_version if analysis else "",
+        "schema_version": analysis.schema_version if analysis else "",
+        "edit_backend": edit.backend, "edit_model": edit.model_id,
+        "edit_params": json.dumps(edit.params, sort_keys=True),
+        "seed": int(edit.seed),
+        "item_set_key": item.key, "vl_job_key": vl_job.key if vl_job else "",
+    }
+
+
+def _judge_json(judge: Score | None) -> str:
+    """The judge's verdict (its ``details``), or its recorded failure; "" where no judge ran."""
+    if judge is None:
+        return ""
+    if judge.error_code:
+        return json.dumps({"error": {"code": judge.error_code, "message": judge.error_message or ""}},
+                          sort_keys=True)
+    return json.dumps(judge.details or {}, sort_keys=True)
+
+
+def metric_columns(pairs: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Column name of each (scorer, metric): the metric's own name, or ``<scorer>_<metric>`` where
+    two scorers share a name or it would shadow another column."""
+    ordered = sorted(pairs)
+    named = Counter(m for _, m in ordered)
+    return {(sc, m): (m if named[m] == 1 and m not in BASE_COLUMNS else f"{sc}_{m}") for sc, m in ordered}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool | int | float):
+        return float(value)
+    return None
