@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vl.py                         # tiny Qwen2.5-VL on this machine
     python benchmarks/bench_vl.py --size 7b --device cuda # random weights at Qwen2.5-VL-7B size
+    python benchmarks/bench_vl.py --backend openai --items 32   # in-process HF vs a vLLM server (.venv-vllm)
 
 Runs the real QwenVLBackend (same preprocessing, xgrammar-constrained decoding with the
 try-on analysis schema) over the same items at each batch size, after one warm-up batch.
@@ -65,6 +66,10 @@ def random_checkpoint(size: str, out: Path) -> Path:
     return out
 
 
+KEYWORDS = {"occasion": "office day", "season": "autumn", "setting": "studio", "lighting": "soft daylight",
+            "style": "smart casual"}
+
+
 def _complete(raw_text: str) -> bool:
     """The answer is a whole analysis that validates against the try-on schema."""
     from worker_vl.service import parse_analysis
@@ -84,6 +89,10 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=2048)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--backend", choices=["qwen", "openai"], default="qwen",
+                    help="openai: in-process HF batched against a vLLM server (.venv-vllm) on the same tiny model "
+                         "and items (benchmarks/vl_served.py)")
+    ap.add_argument("--concurrency", default="1,8,32", help="requests in flight against the server (--backend openai)")
     args = ap.parse_args()
     from isolation import isolate
 
@@ -99,6 +108,17 @@ def main() -> None:
     from worker_vl.tiny import build_tiny_vl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-vl-"))
+    if args.backend == "openai":
+        import vl_served
+
+        system, user = render_for("tryon", "v1", keywords=KEYWORDS, variation=None, n_images=2)
+        items = [VLItem(key=f"bench-{i}", images=[samples.person(i), samples.garment(i)], system_prompt=system,
+                        user_prompt=user, json_schema=analysis_json_schema("tryon")) for i in range(args.items)]
+        rows = vl_served.compare(args, items, tmp, _complete)
+        print(f"tiny Qwen2.5-VL (32-wide heads), {args.items} try-on items, max_new_tokens {args.max_new_tokens}, CPU")
+        vl_served.print_table(rows)
+        print(json.dumps(rows))
+        return
     random_init = not args.model and args.size != "tiny"
     model = Path(args.model) if args.model else (
         build_tiny_vl(tmp / "vl") if args.size == "tiny" else random_checkpoint(args.size, tmp / "vl"))
@@ -107,8 +127,7 @@ def main() -> None:
                             max_pixels=256 * 28 * 28 if args.size != "tiny" else 16 * 28 * 28)
     with random_vl_weights(args.device) if random_init else contextlib.nullcontext():
         backend.load()
-    keywords = {"occasion": "office day", "season": "autumn", "setting": "studio", "lighting": "soft daylight",
-                "style": "smart casual"}
+    keywords = KEYWORDS
     schema = analysis_json_schema("tryon")
     items = []
     for i in range(args.items):

@@ -7,4 +7,5 @@ pytest_plugins = [
     "fixtures.redis",
     "fixtures.cluster",
     "fixtures.s3",
+    "fixtures.vllm",
 ]

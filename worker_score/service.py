@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.core.backends import SCORERS
+from common.core.backends import SCORERS, vl_backend_options
 from common.core.errors import ErrorKind, ImageRejected, InputError, TransientError
 from common.core.settings import Settings
 from common.domain.decide import decide_edit
@@ -54,12 +54,10 @@ def scorer_options(name: str, settings: Settings) -> dict[str, Any]:
 
 def judge_options(settings: Settings) -> dict[str, Any]:
     """The judge runs on the VL backend with the VL stage's options (so, with the same model, the
-    two share one resident copy); only the checkpoint may differ (``score.judge_model``)."""
+    two share one resident copy, or one served model's connections); only the checkpoint may
+    differ (``score.judge_model``)."""
     vl = settings.vl
-    return {"backend": vl.backend, "model": settings.score.judge_model or settings.vl_model, "device": vl.device,
-            "dtype": vl.dtype, "quantization": None if vl.quantization == "none" else vl.quantization,
-            "min_pixels": vl.min_pixels, "max_pixels": vl.max_pixels, "max_new_tokens": vl.max_new_tokens,
-            "max_batch": vl.batch_size}
+    return {"backend": vl.backend, **vl_backend_options(settings, settings.score.judge_model), "max_batch": vl.batch_size}
 
 
 #: scorers that hold their model through the device manager themselves (the judge takes the VL
@@ -125,6 +123,7 @@ def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
     names = sorted({n for p in prepared for n in p.scorers})
     results: dict[int, dict[str, ScoreOutput]] = {p.job.id: {} for p in prepared}
     params: dict[str, dict[str, Any]] = {}
+    model_seconds = 0.0  # the batch's model calls, every scorer's: observed as synthpipe_model_call_seconds
     for group in scorer_groups(names, ctx.settings):
         scorers = loaded_scorers(group, ctx.settings)
         for name in group:
@@ -133,12 +132,14 @@ def process_batch(jobs: list[ClaimedJob], ctx: StageContext) -> list[Outcome]:
             outputs = scorers[name].run_batch([p.item for p in wanted])
             if len(outputs) != len(wanted):
                 raise RuntimeError(f"scorer {name} returned {len(outputs)} outputs for {len(wanted)} items")
+            model_seconds += time.perf_counter() - started
             log.info("%s scored %d edits in %.2f s", name, len(wanted), time.perf_counter() - started)
             params[name] = scorers[name].params()
             for p, out in zip(wanted, outputs, strict=True):
                 results[p.job.id][name] = out
     for p in prepared:
-        outcomes[p.job.id] = _finish(p, results[p.job.id], params, ctx.settings)
+        outcomes[p.job.id] = _finish(p, results[p.job.id], params, ctx.settings,
+                                     batch={"batch_seconds": round(model_seconds, 4), "batch_size": len(prepared)})
     return [outcomes[j.id] for j in jobs]
 
 
@@ -176,7 +177,7 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
 
 
 def _finish(p: _Prepared, outputs: dict[str, ScoreOutput], params: dict[str, dict[str, Any]],
-            settings: Settings) -> Outcome:
+            settings: Settings, batch: dict[str, Any] | None = None) -> Outcome:
     transient = {n: o for n, o in outputs.items() if o.error is not None and o.error_kind == ErrorKind.TRANSIENT}
     if transient:  # worth another attempt: nothing is stored for this try
         name, out = next(iter(transient.items()))
@@ -206,5 +207,9 @@ def _finish(p: _Prepared, outputs: dict[str, ScoreOutput], params: dict[str, dic
         "edit_id": p.edit_id,
         "metrics": {n: o.metrics for n, o in outputs.items() if o.error is None},
         "errors": {n: o.error_code for n, o in outputs.items() if o.error is not None},
+        **(batch or {}),  # batch_seconds: the model call time the runtime observes
     }
+    spent = [o.details["usage"] for o in outputs.values() if isinstance((o.details or {}).get("usage"), dict)]
+    if spent:  # what the model scorers' answers cost (the judge's tokens): the run's totals add it
+        result["usage"] = spent[0] if len(spent) == 1 else spent
     return Outcome.ok(result, write=write)

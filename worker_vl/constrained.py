@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 #: costs at most one token (the output length stays bounded by the schema).
 PRINTABLE_STRING_CLASS = r"[ !#-\[\]-~]"
 
+#: the separators a constrained answer uses: compact, as vLLM's xgrammar backend with
+#: ``disable_any_whitespace`` writes them
+JSON_SEPARATORS = (",", ":")
+
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_ONES = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
@@ -146,9 +150,11 @@ class JsonGrammar:
         if compiled is None:
             try:
                 bounded = bound_schema(schema, self.max_string_length, self.string_class)
-                # Compact separators: unbounded whitespace could let a weak model loop forever.
+                # No free whitespace (a weak model could loop on it forever) and compact
+                # separators: about 10 % fewer tokens than ", " and ": ", and the grammar vLLM
+                # compiles with disable_any_whitespace, so in-process and served answers agree.
                 compiled = self._compiler.compile_json_schema(
-                    json.dumps(bounded), any_whitespace=False, strict_mode=True
+                    json.dumps(bounded), any_whitespace=False, separators=JSON_SEPARATORS, strict_mode=True
                 )
             except Exception as exc:  # xgrammar raises plain RuntimeErrors
                 compiled = ValueError(f"schema does not compile: {str(exc).strip()[:300]}")

@@ -19,8 +19,7 @@ from pydantic import ValidationError
 from common.core.errors import ErrorKind
 from common.domain.schemas import JUDGE_SCHEMA_VERSION, JudgeVerdict
 from common.domain.scoring import ScoreItem, ScoreOutput
-from common.runtime.resident import on_device
-from worker_vl.backends import get_backend
+from worker_vl.backends import resident_backend_for
 from worker_vl.backends.base import VLItem
 
 log = logging.getLogger(__name__)
@@ -40,26 +39,18 @@ METRICS = ("judge_instruction", "judge_over_editing", "judge_naturalness", "judg
            "judge_garment", "judge_sc", "judge_pq", "judge_overall")
 
 
-def vl_options(*, model: str, device: str, dtype: str, quantization: str | None, min_pixels: int,
-               max_pixels: int, max_new_tokens: int) -> dict[str, Any]:
-    """The VL backend's options for a judge (greedy decoding, so a verdict is reproducible)."""
-    return {"model": model, "device": device, "dtype": dtype, "quantization": quantization,
-            "min_pixels": min_pixels, "max_pixels": max_pixels, "max_new_tokens": max_new_tokens,
-            "temperature": 0.0, "top_p": 1.0}
-
-
 class VLJudgeScorer:
-    """Scorer ``judge``: VIEScore-style ratings from a Qwen-VL model."""
+    """Scorer ``judge``: VIEScore-style ratings from a Qwen-VL model, in process or served
+    (``backend`` ``openai``); ``options`` are that backend's (``common.core.backends.vl_backend_options``)."""
 
     name = "judge"
     metrics = METRICS
 
-    def __init__(self, *, model: str, device: str = "auto", dtype: str = "auto", quantization: str | None = None,
-                 min_pixels: int = 128 * 28 * 28, max_pixels: int = 768 * 28 * 28, max_new_tokens: int = 512,
-                 backend: str = "qwen", max_batch: int = 4, settings: Any = None) -> None:
+    def __init__(self, *, model: str, backend: str = "qwen", max_batch: int = 4, settings: Any = None,
+                 **options: Any) -> None:
         self.backend_name = backend
-        self.options = vl_options(model=model, device=device, dtype=dtype, quantization=quantization,
-                                  min_pixels=min_pixels, max_pixels=max_pixels, max_new_tokens=max_new_tokens)
+        # greedy decoding, so a verdict is reproducible
+        self.options = {"model": model, **options, "temperature": 0.0, "top_p": 1.0}
         self.max_batch = max_batch
         self.settings = settings
         self._backend: Any = None
@@ -69,15 +60,11 @@ class VLJudgeScorer:
 
     def load(self) -> None:
         """Take the resident VL backend with these options (the VL stage's, when they match)."""
-        if self._backend is not None:
-            return
-        key = (self.backend_name, *sorted(self.options.items()))
-        manager = on_device(self.options["device"], self.settings)
-        self._backend = manager.get(key, lambda: get_backend(self.backend_name, **self.options),
-                                    label=f"{self.backend_name} {self.options['model']}")
+        if self._backend is None:
+            self._backend = resident_backend_for(self.backend_name, self.options, self.settings)
 
     def unload(self) -> None:
-        self._backend = None  # the residency manager owns the weights
+        self._backend = None  # the residency manager owns the weights (or the connections)
 
     def run_batch(self, items: list[ScoreItem]) -> list[ScoreOutput]:
         self.load()
@@ -89,7 +76,8 @@ class VLJudgeScorer:
             started = time.perf_counter()
             answers = self._backend.run_batch(requests)
             share = (time.perf_counter() - started) / max(1, len(chunk))
-            outputs += [_verdict(item, answer, share) for item, answer in zip(chunk, answers, strict=True)]
+            outputs += [_verdict(item, answer, share, self.options["model"])
+                        for item, answer in zip(chunk, answers, strict=True)]
         return outputs
 
     @staticmethod
@@ -101,18 +89,31 @@ class VLJudgeScorer:
                       system_prompt=SYSTEM, user_prompt=user, json_schema=schema)
 
 
-def _verdict(item: ScoreItem, answer: Any, seconds: float) -> ScoreOutput:
+def _usage(answer: Any, model: str) -> dict[str, Any]:
+    """The tokens a verdict cost and the model id that gave it (the server's, when served)."""
+    if not (answer.prompt_tokens or answer.completion_tokens):
+        return {}
+    return {"usage": {"model": answer.served_model or model, "prompt_tokens": answer.prompt_tokens,
+                      "completion_tokens": answer.completion_tokens}}
+
+
+def _verdict(item: ScoreItem, answer: Any, seconds: float, model: str) -> ScoreOutput:
+    usage = _usage(answer, model)
     error = answer.exception()
     if error is not None:
         kind = ErrorKind.TRANSIENT if error.kind == ErrorKind.TRANSIENT else error.kind
         code = "judge.unparseable" if error.kind == ErrorKind.MODEL_OUTPUT else error.code
-        return ScoreOutput.failed(f"judge: {error}", kind=kind, code=code, raw=answer.raw_text, seconds=seconds)
-    try:
+        out = ScoreOutput.failed(f"judge: {error}", kind=kind, code=code, raw=answer.raw_text, seconds=seconds)
+        out.details.update(usage)
+        return out
+    try:  # validated on our side whatever the backend (a server may ignore the schema)
         verdict = JudgeVerdict.model_validate(json.loads(answer.raw_text))
     except (json.JSONDecodeError, ValidationError) as exc:
         log.warning("judge verdict for %s does not parse: %s", item.key, exc)
-        return ScoreOutput.failed(f"judge verdict does not parse: {str(exc).splitlines()[0]}",
-                                  kind=ErrorKind.MODEL_OUTPUT, code="judge.unparseable", raw=answer.raw_text,
-                                  seconds=seconds)
-    return ScoreOutput(metrics=verdict.combined(), details={"verdict": verdict.model_dump(mode="json")},
+        out = ScoreOutput.failed(f"judge verdict does not parse: {str(exc).splitlines()[0]}",
+                                 kind=ErrorKind.MODEL_OUTPUT, code="judge.unparseable", raw=answer.raw_text,
+                                 seconds=seconds)
+        out.details.update(usage)
+        return out
+    return ScoreOutput(metrics=verdict.combined(), details={"verdict": verdict.model_dump(mode="json"), **usage},
                        raw=answer.raw_text, seconds=seconds)

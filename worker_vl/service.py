@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from common.core.errors import InputError, ModelOutputError
+from common.core.backends import SERVED_VL_BACKENDS, vl_backend_options
+from common.core.errors import ConfigError, InputError, ModelOutputError
 from common.core.prompts import render_for
 from common.core.settings import Settings
 from common.domain.adapters import materialize, resolve_adapter
@@ -27,12 +28,11 @@ from common.domain.schemas import (
     analysis_model,
 )
 from common.runtime.overlap import GroupRun, grouped_phases
-from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
 from common.store import jobs as jobstore
 from common.store.jobs import ClaimedJob, Outcome
 from common.store.rows import Analysis
-from worker_vl.backends import get_backend
+from worker_vl.backends import resident_backend_for
 from worker_vl.backends.base import VLItem, VLOutput
 
 log = logging.getLogger(__name__)
@@ -40,23 +40,18 @@ log = logging.getLogger(__name__)
 
 def backend_options(settings: Settings) -> dict[str, Any]:
     """Everything that selects and configures the VL model; recorded on every analysis."""
-    vl = settings.vl
-    return {
-        "model": settings.vl_model, "device": vl.device, "dtype": vl.dtype,
-        "quantization": None if vl.quantization == "none" else vl.quantization,
-        "min_pixels": vl.min_pixels, "max_pixels": vl.max_pixels, "max_new_tokens": vl.max_new_tokens,
-        "temperature": vl.temperature, "top_p": vl.top_p,
-    }
+    return vl_backend_options(settings)
 
 
 def resident_backend(settings: Settings, adapter: str | None = None):  # -> Backend
     """The process's loaded backend for these settings (loaded on first use, then kept)."""
     opts = backend_options(settings)
     if adapter is not None:  # a LoRA folder (named by its hash): part of the residency key
+        if settings.vl.backend in SERVED_VL_BACKENDS:
+            raise ConfigError("vl.adapter: a LoRA adapter cannot be sent to a served model (vl.backend "
+                              f"{settings.vl.backend}); load it in the server, or set vl.adapter to none")
         opts["adapter"] = adapter
-    key = (settings.vl.backend, *sorted(opts.items()))
-    return on_device(settings.vl.device, settings).get(key, lambda: get_backend(settings.vl.backend, **opts),
-                        label=f"{settings.vl.backend} {settings.vl_model}")
+    return resident_backend_for(settings.vl.backend, opts, settings)
 
 
 @dataclass
@@ -66,6 +61,7 @@ class _Prepared:
     item: VLItem
     adapter_id: int | None = None
     adapter_path: str | None = None
+    adapter_sha256: str | None = None
 
 
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows, images and
@@ -93,7 +89,7 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
                               variation=view.variation, n_images=len(images))
     item = VLItem(key=job.key, images=images, system_prompt=system, user_prompt=user,
                   json_schema=analysis_json_schema(view.recipe))
-    return _Prepared(job, view, item, adapter.id if adapter else None, path)
+    return _Prepared(job, view, item, adapter.id if adapter else None, path, adapter.sha256 if adapter else None)
 
 
 def parse_analysis(recipe: str, raw: str) -> EditCore:
@@ -122,7 +118,8 @@ def gate(analysis: EditCore, settings: Settings) -> tuple[str, str] | None:
 def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Outcome:
     settings, batch_s, batch_size = ctx.settings, run.seconds, run.size
     error = out.exception()
-    made_by = {"adapter_id": p.adapter_id}  # a failed job still says which adapter it ran with
+    # a failed job still says which adapter it ran with, and what its answer cost
+    made_by: dict[str, Any] = {"adapter_id": p.adapter_id, **usage_of(out, settings)}
     if error is not None:
         return Outcome.from_error(error, made_by)
     try:
@@ -132,22 +129,38 @@ def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Ou
     timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size,
                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
     gated = gate(analysis, settings)
-    write = _writer(p, out.raw_text, analysis, timings, settings, enqueue_edit=gated is None)
-    result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings}
+    write = _writer(p, out, analysis, timings, settings, enqueue_edit=gated is None)
+    result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings,
+              **usage_of(out, settings)}
     if gated is not None:
         return Outcome.skip(gated[0], gated[1], result, write=write)
     return Outcome.ok(result, write=write)
 
 
-def _writer(p: _Prepared, raw: str, analysis: EditCore, timings: dict[str, Any], settings: Settings,
+def usage_of(out: VLOutput, settings: Settings) -> dict[str, Any]:
+    """``{"usage": {model, prompt_tokens, completion_tokens}}`` of an answer (nothing when no tokens
+    were spent): the job store adds it to the run's totals (``common.store.usage``)."""
+    if not (out.prompt_tokens or out.completion_tokens):
+        return {}
+    model = out.served_model or backend_options(settings)["model"]
+    return {"usage": {"model": model, "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}}
+
+
+def _writer(p: _Prepared, out: VLOutput, analysis: EditCore, timings: dict[str, Any], settings: Settings,
             *, enqueue_edit: bool):  # -> Writer
-    params = {**backend_options(settings), "schema_version": SCHEMA_VERSION}
+    options = backend_options(settings)
+    # the adapter by id and weights hash, never by the local folder it was read from
+    params = {**options, "schema_version": SCHEMA_VERSION, "vl_adapter_id": p.adapter_id,
+              "vl_adapter_sha256": p.adapter_sha256}
+    if out.served_model:  # the model id the server answered with
+        params["server_model"] = out.served_model
+    raw = out.raw_text
 
     def write(session: Session, job: ClaimedJob) -> None:
         row = Analysis(
             job_id=job.id, item_set_id=p.item_set.id, recipe=p.item_set.recipe,
             schema_version=SCHEMA_VERSION, prompt_version=settings.vl.prompt_version,
-            backend=settings.vl.backend, model_id=settings.vl_model, params=params, raw_text=raw,
+            backend=settings.vl.backend, model_id=options["model"], params=params, raw_text=raw,
             data=analysis.model_dump(mode="json"), edit_prompt=analysis.edit_prompt,
             negative_prompt=analysis.negative_prompt, confidence=analysis.confidence,
             feasibility=analysis.feasibility, timings=timings, adapter_id=p.adapter_id,

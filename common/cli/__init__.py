@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "common.cli.pipeline",
     "common.cli.score",
     "common.cli.workers",
+    "common.cli.serving",
     "common.cli.offline",
     "common.cli.review",
     "common.cli.train",

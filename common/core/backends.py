@@ -8,12 +8,20 @@ typo fails at start-up with the allowed names, and ``common`` never imports mode
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from common.core.settings import Settings
+
 #: VL backends (``vl.backend``)
-VL_BACKENDS: dict[str, str] = {"qwen": "worker_vl.backends.qwen:QwenVLBackend"}
+VL_BACKENDS: dict[str, str] = {
+    "qwen": "worker_vl.backends.qwen:QwenVLBackend",
+    "openai": "worker_vl.backends.openai_compat:OpenAIVLBackend",
+}
+#: VL backends that call a model server: they hold no device (``common.runtime.resident.REMOTE``)
+SERVED_VL_BACKENDS = frozenset({"openai"})
 
 #: edit backends (``edit.backend``, ``edit.backend_tryon``, ``edit.backend_enrich``)
 EDIT_BACKENDS: dict[str, str] = {
@@ -63,3 +71,21 @@ def load_backend(kind: str, name: str, **kwargs: Any) -> Any:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**kwargs)
+
+
+def vl_backend_options(settings: Settings, model: str | None = None) -> dict[str, Any]:
+    """The options ``vl.backend`` is built with (the VL stage's, and the judge's with its own
+    ``model``): recorded with every analysis, so nothing secret goes in (the API key stays in the
+    variable or file these options name)."""
+    vl = settings.vl
+    shaping = {"max_new_tokens": vl.max_new_tokens, "temperature": vl.temperature, "top_p": vl.top_p}
+    if vl.backend in SERVED_VL_BACKENDS:
+        o = vl.openai
+        return {"model": model or o.model or settings.vl_model, "base_url": o.base_url,
+                "api_key_env": o.api_key_env, "api_key_file": str(o.api_key_file) if o.api_key_file else None,
+                "timeout_s": o.timeout_s, "connect_timeout_s": o.connect_timeout_s, "max_in_flight": o.max_in_flight,
+                "max_retries": o.max_retries, "backoff_base_s": o.backoff_base_s, "backoff_max_s": o.backoff_max_s,
+                "extra_body": dict(o.extra_body), **shaping}
+    return {"model": model or settings.vl_model, "device": vl.device, "dtype": vl.dtype,
+            "quantization": None if vl.quantization == "none" else vl.quantization,
+            "min_pixels": vl.min_pixels, "max_pixels": vl.max_pixels, **shaping}

@@ -113,8 +113,29 @@ class PairingSettings(Section):
     auto_pair: bool = Field(True, description="pair new crawled person/garment assets automatically")
 
 
+class VLOpenAISettings(Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server of the openai VL backend (vLLM, SGLang, a hosted API), up to /v1")
+    model: str | None = Field(None, description="model name the server serves (default: vl_model, which is what `vllm serve DIR` calls it)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (unset: no key is sent); the key is never logged or recorded")
+    api_key_file: Path | None = Field(None, description="file holding the API key (wins over api_key_env)")
+    timeout_s: float = Field(120.0, gt=0, description="longest wait for one answer (code vl.timeout, retried)")
+    connect_timeout_s: float = Field(5.0, gt=0, description="longest wait to connect (code vl.server_unreachable, retried)")
+    max_in_flight: int = Field(8, ge=1, le=1024, description="requests one worker keeps in flight at once (set vl.batch_size at least this high to keep them busy)")
+    max_retries: int = Field(4, ge=0, description="retries of a 429 or 5xx answer before the job is retried later (code vl.server_busy)")
+    backoff_base_s: float = Field(0.5, ge=0, description="first retry delay (doubles each retry) when the server sends no Retry-After")
+    backoff_max_s: float = Field(30.0, ge=0, description="longest retry delay, Retry-After included")
+    extra_body: dict[str, Any] = Field({}, description="per-provider extras merged into every request body, JSON (e.g. {\"top_k\": 1} or vLLM's {\"structured_outputs\": {...}})")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        return value.rstrip("/")
+
+
 class VLSettings(Section):
-    backend: str = Field("qwen", description="VL backend name")
+    backend: str = Field("qwen", description="VL backend name: qwen (in process) or openai (an OpenAI-compatible server, vl.openai.*; the judge uses it too)")
     batch_size: int = Field(4, ge=1, description="item sets per generate call")
     device: Device = Field("auto", description="device the model runs on")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
@@ -128,6 +149,7 @@ class VLSettings(Section):
     min_confidence: float = Field(0.0, ge=0, le=1, description="analyses below this confidence are skipped, not edited")
     min_feasibility: Literal["low", "medium", "high"] = Field("low", description="analyses below this feasibility are skipped, not edited")
     adapter: str = Field("none", description="LoRA adapter of the VL model: an adapter id, latest (newest vl adapter) or none")
+    openai: VLOpenAISettings = VLOpenAISettings()
 
     @field_validator("adapter")
     @classmethod
@@ -274,6 +296,7 @@ class TrainSettings(Section):
     dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="auto is bfloat16 on CUDA, float32 on CPU")
     seed: int = Field(0, ge=0, description="seed of LoRA initialisation, example order and noise")
     eval_seed: int = Field(1234, ge=0, description="flywheel: seed that picks the held-out item sets")
+    min_eval_items: int = Field(10, ge=1, description="flywheel: paired held-out items a comparison needs before a round is called better or worse (fewer: not enough evidence)")
     character_rank: int = Field(16, ge=1, description="LoRA rank of the FLUX transformer (train character)")
     character_lr: float = Field(1e-4, gt=0, description="learning rate of character LoRAs")
     character_steps: int = Field(500, ge=1, description="optimizer steps of one character train job")

@@ -23,6 +23,9 @@ class TinyModel:
 
 TINY_MODELS: tuple[TinyModel, ...] = (
     TinyModel("vl", "worker_vl.tiny:build_tiny_vl", "SYNTHPIPE_VL_MODEL"),
+    # the same architecture with 32-wide heads, which vLLM's CPU attention takes: the model a test
+    # or benchmark serves (`vllm serve DIR` names it DIR, the openai backend's default model name)
+    TinyModel("vl-served", "worker_vl.tiny:build_tiny_vl_served", "SYNTHPIPE_VL__OPENAI__MODEL"),
     TinyModel("edit", "worker_edit.tiny:build_tiny_instruct_pix2pix", "SYNTHPIPE_EDIT_MODEL"),
     TinyModel("edit-plus", "worker_edit.tiny:build_tiny_qwen_image_edit_plus", "SYNTHPIPE_EDIT__PLUS_MODEL"),
     TinyModel("clip", "worker_score.tiny:build_tiny_clip", "SYNTHPIPE_SCORE__CLIP_MODEL"),

@@ -1,5 +1,5 @@
 """Recording what workers did: jobs by status and reason code, batch sizes, batch and
-model-call latency, model load time, crawl pages and images per site, live worker processes.
+model-call latency, model load time, tokens spent, crawl pages and images per site, live worker processes.
 
 Prefork children each write their own files under ``PROMETHEUS_MULTIPROC_DIR`` (prometheus
 multiprocess mode, :func:`enable_multiprocess`); the parent serves their sum
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.observability.specs import MULTIPROC_ENV, NO_REASON, NO_SITE, SPECS
+from common.store.usage import usage_entries
 
 if TYPE_CHECKING:
     from common.store.jobs import Outcome
@@ -67,6 +68,10 @@ def job_recorded(stage: str, status: str | None, outcome: Outcome) -> str | None
     try:
         m["jobs_finished"].labels(stage, status or "lost", outcome.reason or NO_REASON).inc()
         result = outcome.result or {}
+        if status is not None:  # a lost claim recorded nothing, so it counts no tokens either
+            for entry in usage_entries(result):
+                m["model_tokens"].labels(stage, "prompt").inc(int(entry.get("prompt_tokens") or 0))
+                m["model_tokens"].labels(stage, "completion").inc(int(entry.get("completion_tokens") or 0))
         if status == "succeeded" and "pages_visited" in result and "site" in result:
             site = str(result["site"] or NO_SITE)
             m["crawl_pages"].labels(site, "visited").inc(int(result.get("pages_visited") or 0))

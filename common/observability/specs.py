@@ -52,6 +52,8 @@ SPECS: tuple[MetricSpec, ...] = (
                ("stage",), "worker", buckets=LATENCY_BUCKETS),
     MetricSpec("synthpipe_model_load_seconds", "histogram", "time to load a model onto its device",
                ("model",), "worker", buckets=LOAD_BUCKETS),
+    MetricSpec("synthpipe_model_tokens", "counter", "tokens the model stages' answers cost (kind prompt or "
+               "completion), counted when their jobs are recorded: a hosted run's cost", ("stage", "kind"), "worker"),
     MetricSpec("synthpipe_crawl_pages", "counter", "pages crawled per site, visited or failed",
                ("site", "outcome"), "worker"),
     MetricSpec("synthpipe_crawl_images", "counter", "images a crawl handled per site, by what became of them",

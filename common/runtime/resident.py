@@ -69,13 +69,15 @@ class ResidentModels:
 
 
 _DEVICES: dict[str, ResidentModels] = {}
+#: the "device" of backends served elsewhere (an HTTP client and its connections)
+REMOTE = "remote"
 _DEVICES_LOCK = threading.Lock()
 
 
 def device_key(device: str) -> str:
     """The physical device a device setting lands on (``auto``/``cuda`` -> ``cuda:0`` when a GPU
     is visible, else ``cpu``), so two stages on the same card share one manager."""
-    if device in ("cpu", "mps") or device.startswith("cuda:"):
+    if device in ("cpu", "mps", REMOTE) or device.startswith("cuda:"):
         return device
     import torch
 
@@ -85,6 +87,8 @@ def device_key(device: str) -> str:
 def exclusive_default(device: str, settings: Settings | None) -> bool:
     """``models.exclusive_per_device`` when set; otherwise on for a card when the process sees one
     card (models compete for its memory), off on CPU."""
+    if device == REMOTE:  # clients of a server share no memory with anything
+        return False
     choice = settings.models.exclusive_per_device if settings is not None else None
     if choice is not None:
         return choice
@@ -102,7 +106,7 @@ def on_device(device: str, settings: Settings | None = None) -> ResidentModels:
         manager = _DEVICES.get(key)
         if manager is None:
             manager = _DEVICES[key] = ResidentModels(f"models on {key}", exclusive=exclusive_default(key, settings))
-        elif settings is not None and settings.models.exclusive_per_device is not None:
+        elif key != REMOTE and settings is not None and settings.models.exclusive_per_device is not None:
             manager.exclusive = settings.models.exclusive_per_device
         return manager
 

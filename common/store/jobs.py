@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from common.core import stages
 from common.core.errors import ErrorKind, InputError, ModelOutputError, code_of, kind_of
+from common.store import usage
 from common.store.db import Database
 from common.store.rows import STATUSES, Job, JobCount, JobCountDelta, JobEvent, utcnow
 
@@ -291,6 +292,8 @@ def record(db: Database, job: ClaimedJob, outcome: Outcome) -> str | None:
             return None
         if outcome.write is not None and status in ("succeeded", "skipped"):
             outcome.write(s, job)
+        if outcome.result is not None:  # tokens an answer cost count whatever became of the job
+            usage.add(s, job.stage, outcome.result)
     if status == "queued":
         _after_requeue(db, [job.id])
     return status

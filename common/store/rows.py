@@ -455,6 +455,21 @@ class AssetLineage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+
+class ModelUsage(Base):
+    """Tokens the model stages spent, per stage and model id (a served model's id as its server
+    names it), added in the transaction that records each job (``common.store.usage``), so a
+    hosted run's cost is one small read for ``status``, whatever the number of analyses."""
+
+    __tablename__ = "model_usage"
+
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 __all__ = [
     "FINAL_STATUSES",
     "RECIPES",
@@ -475,6 +490,7 @@ __all__ = [
     "ItemSetAsset",
     "Job",
     "JobEvent",
+    "ModelUsage",
     "Score",
     "Review",
     "ReviewCurrent",

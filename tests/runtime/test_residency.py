@@ -40,3 +40,33 @@ def test_a_local_run_holds_one_model_per_device_when_exclusive(exclusive: bool, 
     else:
         assert not vl_unloads and len(manager.held()) == 2
     clear_all()
+
+
+def test_a_served_backend_lives_in_the_remote_manager_and_unloads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model server's client holds no device: loading it never clears a card's models, even with
+    ``models.exclusive_per_device`` on, and torch is not asked where ``remote`` is."""
+    from common.core.settings import get_settings, reset_settings
+    from common.runtime.resident import REMOTE, on_device
+
+    monkeypatch.setenv("SYNTHPIPE_MODELS__EXCLUSIVE_PER_DEVICE", "true")
+    reset_settings()
+    settings = get_settings()
+
+    class Held:
+        unloaded = False
+
+        def load(self) -> None:
+            pass
+
+        def unload(self) -> None:
+            self.unloaded = True
+
+    cpu, remote = on_device("cpu", settings), on_device(REMOTE, settings)
+    cpu.clear()
+    model = cpu.get("model", Held, label="model")
+    first, second = remote.get("a", Held, label="a"), remote.get("b", Held, label="b")
+    assert cpu.exclusive and not remote.exclusive
+    assert not (model.unloaded or first.unloaded or second.unloaded) and cpu.held() == ["model"]
+    assert {"a", "b"} <= set(remote.held())
+    cpu.clear()
+    remote.clear()

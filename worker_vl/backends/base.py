@@ -33,10 +33,11 @@ class VLOutput:
     seconds: float = 0.0  # this item's share of the batch wall time
     error_kind: ErrorKind | None = None  # what kind of failure ``error`` is
     error_code: str | None = None  # its stable reason code
+    served_model: str = ""  # the model id a server answered with ("" in process)
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, raw_text: str = "", seconds: float = 0.0,
-                       **counts: int) -> VLOutput:
+                       **counts: Any) -> VLOutput:
         return cls(raw_text=raw_text, error=str(exc), error_kind=kind_of(exc), error_code=code_of(exc),
                    seconds=seconds, **counts)
 
