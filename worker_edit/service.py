@@ -82,6 +82,7 @@ class _Prepared:
     item: EditItem
     adapter_id: int | None = None
     adapter_path: str | None = None
+    adapter_sha256: str | None = None
 
 
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows and photos are
@@ -120,11 +121,21 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
                     negative_prompt=negative or ctx.settings.edit.negative_prompt,
                     seed=int(job.payload.get("seed", seed_for(job.key))))
     path = str(materialize(adapter, ctx.storage, ctx.settings.data_dir)) if adapter is not None else None
-    return _Prepared(job, view, int(analysis_id), name, item, adapter.id if adapter else None, path)
+    return _Prepared(job, view, int(analysis_id), name, item, adapter.id if adapter else None, path,
+                     adapter.sha256 if adapter else None)
+
+
+def provenance(params: dict[str, Any], p: _Prepared) -> dict[str, Any]:
+    """The backend's params as an edit records them: its adapter named by id and weights hash
+    (``edit_adapter_id``, ``edit_adapter_sha256``), never by the local folder it was read from."""
+    recorded = {k: v for k, v in params.items() if k != "adapter"}
+    if p.adapter_path is not None and recorded.get("lora_path") == p.adapter_path:  # flux-kontext's copy of it
+        recorded["lora_path"] = None
+    return {**recorded, "edit_adapter_id": p.adapter_id, "edit_adapter_sha256": p.adapter_sha256}
 
 
 def _finish(p: _Prepared, out: EditOutput, run: GroupRun, ctx: StageContext) -> Outcome:
-    params, batch_s, batch_size = run.params, run.seconds, run.size
+    params, batch_s, batch_size = provenance(run.params, p), run.seconds, run.size
     error = out.exception()
     if error is not None or out.image is None:
         return Outcome.from_error(error or ModelOutputError("no image returned", code="edit.no_image"))

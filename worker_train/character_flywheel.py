@@ -33,7 +33,7 @@ from common.domain.characters import resolve_character
 from common.runtime.runner import StageContext
 from common.store.rows import Adapter, Edit, ItemSetAsset, Job, Score
 from worker_train.flywheel import FlywheelError, _settle
-from worker_train.report import _interval_plot, _strip, _summary, bootstrap_ci
+from worker_train.report import NOT_ENOUGH, _interval_plot, _strip, _summary, bootstrap_ci, figure
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _kept(item: dict[str, Any], limit: float | None) -> float | None:
 
 
 def build_character_report(ctx: StageContext, state: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    seed = ctx.settings.train.eval_seed
+    seed, min_items = ctx.settings.train.eval_seed, ctx.settings.train.min_eval_items
     limit = ctx.settings.score.thresholds_for("enrich")["identity_max"]
     all_uris = sorted({i["image_uri"] for res in results for i in res["items"] if i["image_uri"]})
     emb = _embeddings(ctx, all_uris)
@@ -218,25 +218,31 @@ def build_character_report(ctx: StageContext, state: dict[str, Any], results: li
     comparisons = []
     for prev, cur in zip(rounds, rounds[1:], strict=False):
         comparisons.append({"round": cur["round"], "against": prev["round"],
-                            "identity_kept": _paired(prev, cur, "kept", seed),
-                            "identity_distance": _paired(prev, cur, "identity_distance", seed)})
+                            "identity_kept": _paired(prev, cur, "kept", seed, min_items),
+                            "identity_distance": _paired(prev, cur, "identity_distance", seed, min_items)})
     return {"target": TARGET, "character_asset_id": state["character_asset_id"], "n": state["n"],
             "seed": state["seed"], "rounds": rounds, "comparisons": comparisons}
 
 
-def _paired(prev: dict[str, Any], cur: dict[str, Any], field: str, seed: int) -> dict[str, Any] | None:
-    """Round ``cur`` minus round ``prev`` per image of the same seed, with a bootstrap interval."""
+def _paired(prev: dict[str, Any], cur: dict[str, Any], field: str, seed: int, min_items: int) -> dict[str, Any] | None:
+    """Round ``cur`` minus round ``prev`` per image of the same seed, with a bootstrap interval; a
+    verdict only with ``min_items`` pairs and the rounds' own intervals apart (as the edit flywheel)."""
     before = {i["index"]: i[field] for i in prev["images"]}
-    diffs = [i[field] - before[i["index"]] for i in cur["images"]
+    pairs = [(before[i["index"]], i[field]) for i in cur["images"]
              if i[field] is not None and before.get(i["index"]) is not None]
-    if not diffs:
+    if not pairs:
         return None
+    diffs = [b - a for a, b in pairs]
     lo, hi = bootstrap_ci(diffs, seed=seed)
     mean = sum(diffs) / len(diffs)
-    within = lo <= 0 <= hi
+    then, now = bootstrap_ci([a for a, _ in pairs], seed=seed), bootstrap_ci([b for _, b in pairs], seed=seed)
+    overlap = then[0] <= now[1] and now[0] <= then[1]
+    within = lo <= 0 <= hi or overlap
     better = mean > 0 if field == "kept" else mean < 0
-    return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "within_noise": within,
-            "verdict": "within noise" if within else ("better" if better else "worse")}
+    verdict = NOT_ENOUGH if len(diffs) < min_items else (
+        "within noise" if within else ("better" if better else "worse"))
+    return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "min_pairs": min_items,
+            "intervals_overlap": overlap, "within_noise": within, "verdict": verdict}
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -283,8 +289,7 @@ def write_character_report(ctx: StageContext, out_dir: Path, report: dict[str, A
                          f"{e['pairs']} seeds) — {e['verdict']}")
         lines.append(f"<li>round {c['round']} vs {c['against']}<ul>"
                      + "".join(f"<li>{html.escape(p)}</li>" for p in parts) + "</ul></li>")
-    figures = "".join(f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{d}">'
-                      f"<figcaption>{html.escape(n)}</figcaption></figure>" for n, d in plots)
+    figures = "".join(figure(n, svg) for n, svg in plots)
     photo = _photo(ctx, report["character_asset_id"])
     limit = rounds[0]["identity_max"] if rounds else None
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synthpipe character flywheel</title>

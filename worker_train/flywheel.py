@@ -186,6 +186,7 @@ def run_flywheel(ctx: StageContext, *, rounds: int, eval_sets: int, out_dir: Pat
         edits = _eval_round(ctx, state, r, adapter_id, timeout_s)
         results.append(collect_round(ctx, r, adapter_id, edits))
         log.info("flywheel round %d done", r)
-    report = build_report(target, results, eval_sets, seed=ctx.settings.train.eval_seed)
+    report = build_report(target, results, eval_sets, seed=ctx.settings.train.eval_seed,
+                          min_items=ctx.settings.train.min_eval_items)
     write_report(out_dir, report, results, ctx.storage, state)
     return report

@@ -1,10 +1,12 @@
 """The flywheel's report: ``report.json`` (per round: acceptance and metrics with bootstrap 95%
-intervals; round-to-round comparisons) and ``report.html`` (plots made offline with matplotlib,
-embedded as PNG, and a strip of the same held-out items across rounds).
+intervals; round-to-round comparisons) and ``report.html`` (plots drawn as inline SVG, so no
+plotting library is needed, and a strip of the same held-out items across rounds).
 
 Intervals are percentile bootstraps over the held-out items (2000 resamples, fixed seed).
-Comparisons are paired, since every round remakes the same items with the same seeds: a
-difference whose interval holds zero is reported as within noise.
+Comparisons are paired, since every round remakes the same items with the same seeds. A round
+is called better or worse only on enough evidence: at least ``train.min_eval_items`` paired
+items, a paired difference whose interval excludes zero, and the two rounds' own intervals
+apart. Fewer items is "not enough evidence"; otherwise it is "within noise".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import html
 import io
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -41,20 +44,35 @@ def _accepted(item: dict[str, Any]) -> float:
     return 1.0 if item["decision"] == "accepted" else 0.0
 
 
-def _paired(prev: dict[str, Any], cur: dict[str, Any], value: Any, seed: int) -> dict[str, Any] | None:
+NOT_ENOUGH = "not enough evidence"
+
+
+def _paired(prev: dict[str, Any], cur: dict[str, Any], value: Any, seed: int, min_items: int) -> dict[str, Any] | None:
+    """Round ``cur`` minus round ``prev`` over the items both have a value for, with its verdict."""
     before = {i["item_set_id"]: value(i) for i in prev["items"]}
-    diffs = [value(i) - before[i["item_set_id"]] for i in cur["items"]
+    pairs = [(before[i["item_set_id"]], value(i)) for i in cur["items"]
              if value(i) is not None and before.get(i["item_set_id"]) is not None]
-    if not diffs:
+    if not pairs:
         return None
+    diffs = [b - a for a, b in pairs]
     lo, hi = bootstrap_ci(diffs, seed=seed)
     mean = sum(diffs) / len(diffs)
-    within = lo <= 0 <= hi
-    verdict = "within noise" if within else ("better" if mean > 0 else "worse")
-    return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "within_noise": within, "verdict": verdict}
+    then, now = bootstrap_ci([a for a, _ in pairs], seed=seed), bootstrap_ci([b for _, b in pairs], seed=seed)
+    overlap = then[0] <= now[1] and now[0] <= then[1]
+    within = lo <= 0 <= hi or overlap
+    if len(diffs) < min_items:
+        verdict = NOT_ENOUGH
+    else:
+        verdict = "within noise" if within else ("better" if mean > 0 else "worse")
+    return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "min_pairs": min_items,
+            "ci95_before": then, "ci95_after": now, "intervals_overlap": overlap, "within_noise": within,
+            "verdict": verdict}
 
 
-def build_report(target: str, results: list[dict[str, Any]], eval_sets: int, *, seed: int) -> dict[str, Any]:
+def build_report(target: str, results: list[dict[str, Any]], eval_sets: int, *, seed: int,
+                 min_items: int = 1) -> dict[str, Any]:
+    """report.json's object; a round is called better or worse only with at least ``min_items``
+    paired held-out items, a paired interval without zero and the rounds' intervals apart."""
     rounds: list[dict[str, Any]] = []
     comparisons: list[dict[str, Any]] = []
     reasons: dict[str, dict[str, int]] = {}
@@ -69,65 +87,108 @@ def build_report(target: str, results: list[dict[str, Any]], eval_sets: int, *, 
         reasons[str(res["round"])] = dict(Counter(r for i in items for r in i["reasons"]))
     for prev, cur in zip(results, results[1:], strict=False):
         entry: dict[str, Any] = {"round": cur["round"], "against": prev["round"],
-                                 "acceptance": _paired(prev, cur, _accepted, seed), "metrics": {}}
+                                 "acceptance": _paired(prev, cur, _accepted, seed, min_items), "metrics": {}}
         names = sorted({m for i in cur["items"] for m in i["metrics"]})
         for m in names:
-            entry["metrics"][m] = _paired(prev, cur, lambda i, m=m: i["metrics"].get(m), seed)
+            entry["metrics"][m] = _paired(prev, cur, lambda i, m=m: i["metrics"].get(m), seed, min_items)
         comparisons.append(entry)
     acceptance_ci = {str(res["round"]): bootstrap_ci([_accepted(i) for i in res["items"]], seed=seed)
                      for res in results}
     return {"target": target, "rounds": rounds, "acceptance_ci95": acceptance_ci, "comparisons": comparisons,
-            "rejection_reasons": reasons}
+            "rejection_reasons": reasons, "min_eval_items": min_items}
 
 
 # --- html -----------------------------------------------------------------------------------------
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+_SVG_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
-def _interval_plot(title: str, xs: list[int], means: list[float | None], cis: list[list[float]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 2.8))
-    pts = [(x, m, c) for x, m, c in zip(xs, means, cis, strict=True) if m is not None]
-    if pts:
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                    yerr=[[p[1] - p[2][0] for p in pts], [p[2][1] - p[1] for p in pts]], fmt="o-", capsize=4)
-    ax.set_xticks(xs)
-    ax.set_xlabel("round")
-    ax.set_title(title, fontsize=10)
-    return _png(fig)
+def _svg_open(title: str, width: int, height: int) -> list[str]:
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+            f'aria-label="{html.escape(title)}">',
+            f'<text x="4" y="12" font-size="11">{html.escape(title)}</text>']
 
 
-def _reasons_plot(reasons: dict[str, dict[str, int]]) -> str:
-    import matplotlib
+def _interval_plot(title: str, xs: list[int], means: list[float | None], cis: list[list[float]], *,
+                   width: int = 300, height: int = 180) -> str:
+    """Means with their 95% intervals per round, as an inline SVG (no plotting library)."""
+    pad_l, pad_r, pad_t, pad_b = 40, 10, 20, 22
+    pts = [(x, m, c) for x, m, c in zip(xs, means, cis, strict=True)
+           if m is not None and c is not None and not any(math.isnan(v) for v in (m, *c))]
+    lows = [min(m, c[0]) for _, m, c in pts]
+    highs = [max(m, c[1]) for _, m, c in pts]
+    lo, hi = (min(lows), max(highs)) if pts else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    x0, x1 = (min(xs), max(xs)) if xs else (0, 1)
+    span = (x1 - x0) or 1
+    plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def px(x: float) -> float:  # the rounds kept clear of the axes
+        inner = plot_w - 24
+        return pad_l + 12 + ((x - x0) / span * inner if x1 > x0 else inner / 2)
 
-    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    def py(v: float) -> float:
+        return pad_t + (hi - v) / (hi - lo) * plot_h
+
+    parts = _svg_open(title, width, height)
+    parts.append(f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#000"/>')
+    parts.append(f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + plot_h}" stroke="#000"/>')
+    parts.append(f'<text x="{pad_l - 3}" y="{pad_t + 4}" font-size="9" text-anchor="end">{hi:.3g}</text>')
+    parts.append(f'<text x="{pad_l - 3}" y="{pad_t + plot_h}" font-size="9" text-anchor="end">{lo:.3g}</text>')
+    for x in xs:
+        parts.append(f'<text x="{px(x):.1f}" y="{height - 8}" font-size="9" text-anchor="middle">{x}</text>')
+    parts.append(f'<text x="{pad_l + plot_w:.1f}" y="{height - 1}" font-size="9" text-anchor="end">round</text>')
+    if len(pts) > 1:
+        path = " ".join(f"{px(x):.1f},{py(m):.1f}" for x, m, _ in pts)
+        parts.append(f'<polyline class="means" points="{path}" fill="none" stroke="{_SVG_COLOURS[0]}"/>')
+    for x, m, (c_lo, c_hi) in pts:
+        parts.append(f'<line class="interval" x1="{px(x):.1f}" y1="{py(c_lo):.1f}" x2="{px(x):.1f}" '
+                     f'y2="{py(c_hi):.1f}" stroke="{_SVG_COLOURS[0]}"/>')
+        parts.append(f'<circle class="mean" cx="{px(x):.1f}" cy="{py(m):.1f}" r="3" fill="{_SVG_COLOURS[0]}">'
+                     f'<title>round {x}: {m:.4g} (95% interval {c_lo:.4g} to {c_hi:.4g})</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _reasons_plot(reasons: dict[str, dict[str, int]], *, width: int = 300, height: int = 180) -> str:
+    """Rejection reasons per round, stacked bars, as an inline SVG with a legend."""
+    pad_l, pad_t, pad_b = 30, 20, 22
     rounds = sorted(reasons, key=int)
     codes = sorted({c for r in rounds for c in reasons[r]})
-    bottom = [0] * len(rounds)
-    for code in codes:
-        heights = [reasons[r].get(code, 0) for r in rounds]
-        ax.bar(rounds, heights, bottom=bottom, label=code)
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    if codes:
-        ax.legend(fontsize=7)
-    ax.set_xlabel("round")
-    ax.set_title("rejection reasons", fontsize=10)
-    return _png(fig)
+    legend_w = 110 if codes else 0
+    plot_w, plot_h = width - pad_l - legend_w - 10, height - pad_t - pad_b
+    top = max((sum(reasons[r].values()) for r in rounds), default=0) or 1
+    bar_w = plot_w / max(len(rounds), 1)
+    parts = _svg_open("rejection reasons", width, height)
+    parts.append(f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#000"/>')
+    parts.append(f'<text x="{pad_l - 3}" y="{pad_t + 4}" font-size="9" text-anchor="end">{top}</text>')
+    for k, r in enumerate(rounds):
+        y = float(pad_t + plot_h)
+        for j, code in enumerate(codes):
+            n = reasons[r].get(code, 0)
+            if not n:
+                continue
+            h = n / top * plot_h
+            y -= h
+            parts.append(f'<rect x="{pad_l + k * bar_w + 2:.1f}" y="{y:.1f}" width="{max(bar_w - 4, 1):.1f}" '
+                         f'height="{h:.1f}" fill="{_SVG_COLOURS[j % len(_SVG_COLOURS)]}">'
+                         f'<title>round {r}: {html.escape(code)} {n}</title></rect>')
+        parts.append(f'<text x="{pad_l + (k + 0.5) * bar_w:.1f}" y="{height - 8}" font-size="9" '
+                     f'text-anchor="middle">{r}</text>')
+    for j, code in enumerate(codes):
+        y = pad_t + 12 * j
+        parts.append(f'<rect x="{width - legend_w}" y="{y}" width="8" height="8" '
+                     f'fill="{_SVG_COLOURS[j % len(_SVG_COLOURS)]}"/>')
+        parts.append(f'<text x="{width - legend_w + 11}" y="{y + 8}" font-size="9">{html.escape(code)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def figure(name: str, svg: str) -> str:
+    """One chart of a report page, with its caption."""
+    return f'<figure class="plot">{svg}<figcaption>{html.escape(name)}</figcaption></figure>'
 
 
 def _strip(results: list[dict[str, Any]], storage: Storage, thumb: int = 96) -> str:
@@ -179,15 +240,15 @@ def write_report(out_dir: Path, report: dict[str, Any], results: list[dict[str, 
     rows = "".join(f"<tr><td>{r['round']}</td><td>{r['adapter'] if r['adapter'] is not None else 'base'}</td>"
                    f"<td>{r['eval_edits']}</td><td>{r['accepted']}</td><td>{r['acceptance']:.3f}</td></tr>"
                    for r in rounds)
-    figures = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-                      f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots)
+    figures = "".join(figure(name, svg) for name, svg in plots)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synthpipe flywheel: {report['target']}</title>
 <style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:0.5em}}
 td,th{{padding:0.2em 0.8em;text-align:right}}</style></head><body>
 <h1>Flywheel report: {html.escape(report['target'])}</h1>
 <p>{len(state['eval_item_sets'])} held-out item sets (never trained on), remade every round with the same seeds.
-Intervals are bootstrap 95% intervals over the held-out items; a round-to-round difference whose
-interval holds zero is within noise.</p>
+Intervals are bootstrap 95% intervals over the held-out items. A round is called better or worse only
+with at least {report.get('min_eval_items', 1)} paired items (fewer: not enough evidence, train.min_eval_items),
+a paired difference whose interval excludes zero, and the two rounds' intervals apart; else it is within noise.</p>
 <table><tr><th>round</th><th>adapter</th><th>eval edits</th><th>accepted</th><th>acceptance</th></tr>{rows}</table>
 <h2>Is each round better than the one before?</h2><ul>{''.join(lines) or '<li>only one round</li>'}</ul>
 <h2>Plots</h2>{figures}

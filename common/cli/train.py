@@ -1,4 +1,4 @@
-"""Training commands: train edit|vl, adapters list, flywheel."""
+"""Training commands: train edit|vl, adapters list|export, flywheel."""
 
 from __future__ import annotations
 
@@ -83,6 +83,21 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters_export(args: argparse.Namespace) -> int:
+    from worker_train.export import export_adapter
+
+    ctx = context()
+    out = Path(args.out)
+    with ctx.db.session() as s:
+        written = export_adapter(s, ctx.storage, args.id, out)
+    load = ("PeftModel.from_pretrained(base, OUT)" if written["library"] == "peft"
+            else "pipe.load_lora_weights(OUT)")
+    emit(args, written, f"adapter {written['adapter_id']} "
+         f"({written['target']}, sha256 {written['sha256'][:12]}) written to {out} with its model card; "
+         f"load it with {load}")
+    return 0
+
+
 def cmd_flywheel(args: argparse.Namespace) -> int:
     from worker_train.flywheel import run_flywheel
 
@@ -152,6 +167,12 @@ def register(sub: Any) -> None:
     ls.add_argument("--target", choices=["edit", "vl", "character", "edit-plus"], default=None)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_adapters_list)
+    ex = subs.add_parser("export", help="write one adapter as a folder diffusers' load_lora_weights or PEFT's "
+                         "PeftModel.from_pretrained opens, with its model card (README.md)")
+    ex.add_argument("id", type=positive, help="the adapter id (synthpipe adapters list)")
+    ex.add_argument("out", help="a new or empty folder, or one an earlier export wrote")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_adapters_export)
 
     f = sub.add_parser("flywheel", help="rounds of train -> remake held-out sets -> score -> compare; "
                        "writes OUT/report.json and OUT/report.html")

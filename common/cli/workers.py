@@ -72,15 +72,30 @@ def cmd_flower(args: argparse.Namespace) -> int:
     if not fl.basic_auth or ":" not in fl.basic_auth:
         raise ConfigError("flower.basic_auth (SYNTHPIPE_FLOWER__BASIC_AUTH) must be set to user:password")
     app = get_app(settings)
+    guard_flower_metrics()
     app.start(["flower", f"--port={args.port or fl.port}", f"--address={args.address or fl.address}",
                f"--basic-auth={fl.basic_auth}", "--persistent=False"])
     return 0
 
 
+def guard_flower_metrics() -> None:
+    """Put Flower's ``/metrics`` behind the basic auth its pages require (Flower serves it to
+    anyone): its handler's ``get`` gets Tornado's ``authenticated``, as Flower's own views have.
+    ``/healthcheck`` stays open for probes; it says nothing but OK."""
+    import tornado.web
+    from flower.views.monitor import Metrics
+
+    if not getattr(Metrics.get, "synthpipe_guarded", False):
+        guarded = tornado.web.authenticated(Metrics.get)
+        guarded.synthpipe_guarded = True  # type: ignore[attr-defined]
+        Metrics.get = guarded  # type: ignore[method-assign]
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("worker", help="distributed mode: a Celery worker for one stage's queue")
     p.add_argument("stage", choices=stage_choices())
-    p.add_argument("--gpu", type=int, default=None, help="pin this worker to GPU I (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--gpu", type=int, default=None,
+                   help="pin this worker to GPU I (CUDA_VISIBLE_DEVICES); a vl worker whose model is served (vl.backend=openai) needs none")
     p.add_argument("--batch-size", type=positive, default=None, help="jobs per model call (model stages)")
     p.add_argument("--overlap", action="store_true",
                    help="each task goes on claiming: batch k+1 is prepared and k-1 recorded while the model runs k "
@@ -95,7 +110,7 @@ def register(sub: Any) -> None:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    f = sub.add_parser("flower", help="distributed mode: Flower monitoring behind basic auth")
+    f = sub.add_parser("flower", help="distributed mode: Flower monitoring (its pages, API and /metrics) behind basic auth")
     f.add_argument("--port", type=int, default=None)
     f.add_argument("--address", default=None)
     f.set_defaults(func=cmd_flower)

@@ -1,8 +1,9 @@
 """``synthpipe status --watch``: a live view of jobs per stage, with rates and time left.
 
 Each frame reads the store (the truth, in both modes): counts per stage and status, a progress
-bar of finished over all jobs, the finishing rate over the last ``window`` seconds and since the
-view started, and the time left at that rate. On a terminal the frame is redrawn in place; when
+bar of done jobs (succeeded or skipped; failed and dead ones shown apart) over all jobs, the
+rate of done jobs in jobs per minute over the last ``window`` seconds and since the view started,
+and the time left for the waiting jobs at the rate jobs leave the queue. On a terminal the frame is redrawn in place; when
 stopped (Ctrl-C) the last frame stays on the screen and the cursor comes back. Piped, each frame
 is printed below the last, so a log of the view reads top to bottom.
 """
@@ -22,6 +23,11 @@ from common.store.rows import FINAL_STATUSES
 
 HIDE_CURSOR, SHOW_CURSOR, CLEAR_LINE = "\x1b[?25l", "\x1b[?25h", "\x1b[K"
 SHOWN = ("queued", "running", "succeeded", "skipped", "failed", "dead")
+#: what counts as done: the job did its work (a skip is a decision, e.g. a gate); failed and dead are not
+DONE = ("succeeded", "skipped")
+#: what has left the queue for good, done or not (the time left is the waiting jobs at this rate)
+SETTLED = tuple(s for s in FINAL_STATUSES if s != "cancelled")
+UNIT = "jobs/min"  # every rate of the view, in every row
 
 
 @dataclass(frozen=True)
@@ -29,44 +35,62 @@ class Snapshot:
     at: float  # time.monotonic()
     jobs: dict[str, dict[str, int]]
 
-    def finished(self, stage: str) -> int:
+    def count(self, stage: str, statuses: tuple[str, ...]) -> int:
         by = self.jobs.get(stage, {})
-        return sum(by.get(s, 0) for s in FINAL_STATUSES if s != "cancelled")
+        return sum(by.get(s, 0) for s in statuses)
+
+    def done(self, stage: str) -> int:
+        """Jobs of ``stage`` that succeeded or were skipped."""
+        return self.count(stage, DONE)
+
+    def settled(self, stage: str) -> int:
+        """Jobs of ``stage`` that left the queue for good (done, failed or dead)."""
+        return self.count(stage, SETTLED)
 
     def total(self, stage: str) -> int:
         return sum(n for s, n in self.jobs.get(stage, {}).items() if s != "cancelled")
 
 
-def rate(older: Snapshot, newer: Snapshot, stage: str) -> float | None:
-    """Jobs of ``stage`` finished per second between two snapshots (None: no time between them)."""
+def rate(older: Snapshot, newer: Snapshot, stage: str, *, statuses: tuple[str, ...] = DONE) -> float | None:
+    """Jobs of ``stage`` that reached ``statuses`` (default: done) per minute between two
+    snapshots (None: no time between them)."""
     span = newer.at - older.at
     if span <= 0:
         return None
-    return max(0, newer.finished(stage) - older.finished(stage)) / span
+    return max(0, newer.count(stage, statuses) - older.count(stage, statuses)) / span * 60.0
 
 
 def render(first: Snapshot, window_start: Snapshot, now: Snapshot, *, width: int = 100,
            clock: str | None = None) -> list[str]:
-    """The lines of one frame."""
-    from tqdm import tqdm
-
+    """The lines of one frame: a row of counts and rates per stage, then a bar per stage."""
     clock = clock or dt.datetime.now().strftime("%H:%M:%S")
     span = now.at - window_start.at
-    lines = [f"synthpipe status at {clock}; rates over the last {span:.0f} s and since the view started "
-             f"{now.at - first.at:.0f} s ago (Ctrl-C stops)",
-             f"{'stage':<10}" + "".join(f"{s:>10}" for s in SHOWN) + f"{'done/s':>9}{'overall/s':>10}{'left':>9}"]
+    lines = [f"synthpipe status at {clock}; rates in {UNIT} of jobs done (succeeded or skipped) over the last "
+             f"{span:.0f} s and since the view started {now.at - first.at:.0f} s ago (Ctrl-C stops)",
+             f"{'stage':<10}" + "".join(f"{s:>10}" for s in SHOWN) + f"{'done/min':>10}{'avg/min':>9}{'left':>9}"]
     for stage, by in now.jobs.items():
         recent, overall = rate(window_start, now, stage), rate(first, now, stage)
+        leaving = rate(window_start, now, stage, statuses=SETTLED)  # failures leave the queue too
         waiting = by.get("queued", 0) + by.get("running", 0)
-        left = "-" if not waiting else ("?" if not recent else _duration(waiting / recent))
+        left = "-" if not waiting else ("?" if not leaving else _duration(waiting / leaving * 60.0))
         lines.append(f"{stage:<10}" + "".join(f"{by.get(s, 0):>10}" for s in SHOWN)
-                     + f"{_rate(recent):>9}{_rate(overall):>10}{left:>9}")
+                     + f"{_rate(recent):>10}{_rate(overall):>9}{left:>9}")
     for stage in now.jobs:
-        total, done = now.total(stage), now.finished(stage)
+        total = now.total(stage)
         if total:
-            lines.append(tqdm.format_meter(done, total, now.at - first.at, ncols=max(40, width - 1),
-                                           prefix=f"{stage:<10}", unit="job", rate=rate(window_start, now, stage)))
+            lines.append(_bar(stage, now, total, rate(window_start, now, stage), width))
     return lines
+
+
+def _bar(stage: str, now: Snapshot, total: int, recent: float | None, width: int) -> str:
+    """``stage  70%|#######x..| 7/10 done, 1 failed, 30.00 jobs/min``: ``#`` done, ``x`` failed or dead."""
+    done, failed = now.done(stage), now.count(stage, ("failed", "dead"))
+    tail = f" {done}/{total} done, {failed} failed, {_rate(recent)} {UNIT}"
+    head = f"{stage:<10}{100 * done / total:4.0f}%|"
+    cells = max(10, width - 1 - len(head) - len(tail) - 1)
+    n_done = int(cells * done / total)
+    n_failed = min(cells - n_done, int(round(cells * failed / total)))
+    return head + "#" * n_done + "x" * n_failed + "." * (cells - n_done - n_failed) + "|" + tail
 
 
 def _rate(value: float | None) -> str:

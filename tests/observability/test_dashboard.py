@@ -103,13 +103,15 @@ def test_a_misspelt_metric_would_be_caught() -> None:
 
 def test_dashboard_uses_the_provisioned_data_source_and_provider_path() -> None:
     sources = yaml.safe_load((MON / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    uids = {d["uid"] for d in sources["datasources"]}
     dash = _dashboard()
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+    # panels name the data source through the DS_PROMETHEUS variable, which picks the default
+    # Prometheus data source: the provisioned one here, the one chosen on import elsewhere
     for p in dash["panels"]:
-        assert p["datasource"]["uid"] in uids, p["title"]
-        assert all(t["datasource"]["uid"] in uids for t in p["targets"]), p["title"]
+        assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+        assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in p["targets"]), p["title"]
+    assert [(d["type"], d["isDefault"]) for d in sources["datasources"]] == [("prometheus", True)]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     provider = yaml.safe_load((MON / "grafana" / "provisioning" / "dashboards" / "synthpipe.yml").read_text())
     path = provider["providers"][0]["options"]["path"]

@@ -278,14 +278,14 @@ def test_watch_frames_show_counts_rates_and_time_left() -> None:
     first = Snapshot(0.0, {"vl": {"queued": 10, "running": 0, "succeeded": 0}})
     mid = Snapshot(10.0, {"vl": {"queued": 6, "running": 2, "succeeded": 2}})
     now = Snapshot(20.0, {"vl": {"queued": 0, "running": 2, "succeeded": 7, "failed": 1}})
-    assert rate(mid, now, "vl") == pytest.approx(0.6)
-    assert rate(first, now, "vl") == pytest.approx(0.4)
+    assert rate(mid, now, "vl") == pytest.approx(30.0)  # done (not failed) jobs per minute
+    assert rate(first, now, "vl") == pytest.approx(21.0)
     lines = render(first, mid, now, clock="12:00:00")
     row = next(line for line in lines if line.startswith("vl ")).split()
     assert row[1:7] == ["0", "2", "7", "0", "1", "0"]
-    assert row[7:] == ["0.60", "0.40", "0m03s"]  # 2 jobs left at 0.6 per second
-    meter = next(line for line in lines if "job" in line and "|" in line)
-    assert "8/10" in meter and "80%" in meter
+    assert row[7:] == ["30.00", "21.00", "0m03s"]  # 2 jobs left, leaving the queue at 36 a minute
+    meter = next(line for line in lines if "|" in line and line.startswith("vl "))
+    assert "7/10 done, 1 failed" in meter and "70%" in meter
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

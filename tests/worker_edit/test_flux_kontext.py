@@ -17,6 +17,9 @@ from worker_edit.backends import get_backend
 from worker_edit.backends.base import EditItem
 from worker_edit.tiny import build_tiny_flux_kontext
 
+# these FLUX-sized tiny models run on one torch thread (several workers share 2 cores)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STEPS = 2
 #: bottom-right 3x3 of the blue channel (0-255) of the edit of ``_image(1, 80, 64)`` with seed 7
 #: at 2 steps; a swapped scheduler, a changed guidance or a lost adapter moves these values
@@ -35,14 +38,6 @@ def _item(key: str, image: Image.Image, seed: int, prompt: str = "make it snowy"
 def _px(image: Image.Image | None) -> np.ndarray:
     assert image is not None
     return np.asarray(image, dtype=np.int16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

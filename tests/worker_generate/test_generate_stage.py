@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from fixtures.models import use_tiny_models
 from fixtures.pipeline import stage_context
 from PIL import Image
@@ -16,13 +15,8 @@ from sqlalchemy import select
 from common.cli import main
 from common.store.rows import Asset, AssetLineage, Edit, Job, Score
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# these FLUX-sized tiny models run on one torch thread (several workers share 2 cores)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:  # type: ignore[type-arg]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from fixtures.models import use_tiny_models
 from fixtures.pipeline import stage_context
 from sqlalchemy import select
@@ -15,13 +14,8 @@ from common.devkit import samples
 from common.store import jobs as jobstore
 from common.store.rows import Adapter, Analysis, Decision, Edit, Job
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# these FLUX-sized tiny models run on one torch thread (several workers share 2 cores)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_edit_plus_lora_lowers_its_loss_and_changes_the_plus_edit_for_the_same_seed(
@@ -84,4 +78,5 @@ def test_edit_plus_lora_lowers_its_loss_and_changes_the_plus_edit_for_the_same_s
     assert base.seed == lora.seed == again.seed == 42
     assert base.output_sha256 == again.output_sha256  # the seed decides the base model's image
     assert lora.output_sha256 != base.output_sha256  # the adapter changed it
-    assert lora.params["adapter"].endswith(adapter.sha256) and base.params["adapter"] is None
+    assert lora.params["edit_adapter_id"] == adapter.id and lora.params["edit_adapter_sha256"] == adapter.sha256
+    assert base.params["edit_adapter_id"] is None and "adapter" not in lora.params

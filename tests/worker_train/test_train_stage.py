@@ -135,7 +135,12 @@ def test_edit_lora_lowers_its_loss_and_changes_the_edit_for_the_same_seed(tiny, 
     print(f"same seed, no adapter: max {again.max()} levels; with the adapter: mean {changed.mean():.2f}")
     assert again.max() <= 2
     assert changed.mean() > 4 * max(again.mean(), 0.25)  # the adapter changed it, well beyond that noise
-    assert made["t:lora"].params["adapter"].endswith(adapter.sha256)
+    # the adapter is recorded by id and weights hash, not by the local folder it was read from
+    assert made["t:lora"].params["edit_adapter_id"] == adapter.id
+    assert made["t:lora"].params["edit_adapter_sha256"] == adapter.sha256
+    assert made["t:base"].params["edit_adapter_id"] is None and made["t:base"].params["edit_adapter_sha256"] is None
+    assert all("adapter" not in e.params and adapter.sha256 not in json.dumps(e.params.get("lora_path"))
+               and str(ctx.settings.data_dir) not in json.dumps(e.params) for e in made.values())
 
 
 def test_vl_lora_lowers_its_loss_and_analyses_record_it(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,6 +168,9 @@ def test_vl_lora_lowers_its_loss_and_analyses_record_it(tiny, tmp_path: Path, mo
             assert job.reason and job.reason.startswith("vl.") and job.result["adapter_id"] == adapter.id
         else:  # succeeded, or skipped by the gate: the analysis is stored either way
             assert analysis is not None and analysis.adapter_id == adapter.id
+            assert analysis.params["vl_adapter_id"] == adapter.id
+            assert analysis.params["vl_adapter_sha256"] == adapter.sha256
+            assert str(ctx.settings.data_dir) not in json.dumps(analysis.params)
         if job.status == "succeeded":
             assert s.scalars(select(Job).where(Job.key == "t:edit-after-lora")).one().stage == "edit"
         before = s.scalars(select(Analysis).where(Analysis.adapter_id.is_(None))).all()
