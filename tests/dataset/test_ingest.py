@@ -274,7 +274,7 @@ def test_settings_from_toml_and_unknown_keys(tmp_path: Path, monkeypatch: pytest
     for var, value, message in [
         ("SYNTHPIPE_EDIT__SCHEDULER", "bogus", r"edit\.scheduler \(SYNTHPIPE_EDIT__SCHEDULER\): unknown .*euler_ancestral"),
         ("SYNTHPIPE_EDIT__BACKEND_TRYON", "bogus", r"edit\.backend_tryon .*allowed: flux-kontext, instruct-pix2pix"),
-        ("SYNTHPIPE_VL__BACKEND", "llava", r"vl\.backend .*allowed: qwen"),
+        ("SYNTHPIPE_VL__BACKEND", "llava", r"vl\.backend .*allowed: openai, qwen"),
         ("SYNTHPIPE_VL__DEVICE", "gpu", r"vl\.device .*cuda:N"),
         ("SYNTHPIPE_EDIT__DEVICE", "cuda:x", r"edit\.device"),
         ("SYNTHPIPE_VL__PROMPT_VERSION", "v9", r"vl\.prompt_version .*have: v1"),

@@ -80,7 +80,7 @@ def test_prometheus_sends_flower_the_basic_auth_compose_hands_it(tmp_path: Path)
     [flower] = [j for j in config["scrape_configs"] if j["job_name"] == "flower"]
     auth = flower["basic_auth"]
     prom = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]
-    assert prom["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert prom["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # required, no default
     # run the entrypoint as the container would (compose turns $$ into $), in a scratch folder
     shell, flag, script, name = prom["entrypoint"]
     script = script.replace("$$", "$").replace("/prometheus/", f"{tmp_path}/").replace(
