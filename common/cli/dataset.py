@@ -39,7 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
              "imagefolder/ (diffusers) and ai-toolkit/ (target, control folders, .txt captions)")
         return 0
     report = export(ctx.db, ctx.storage, Path(args.out_dir), fmt=args.format, decision=args.decision,
-                    min_confidence=args.min_confidence, settings=ctx.settings, shard_size=args.shard_size)
+                    min_confidence=args.min_confidence, settings=ctx.settings, shard_size=args.shard_size,
+                    recipe=args.recipe)
     tally = ", ".join(f"{k} {v}" for k, v in sorted(report.by_decision.items()))
     emit(args, report.as_dict(),
          f"exported {report.rows} rows ({args.decision}: {tally}) to {report.out_dir} ({report.format}); "
@@ -75,14 +76,22 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser("export", help="write the dataset, a summary and a contact sheet to OUT_DIR")
     e.add_argument("out_dir")
-    e.add_argument("--format", choices=["imagefolder", "parquet", "webdataset"], default="imagefolder",
+    e.add_argument("--format", choices=["imagefolder", "parquet", "webdataset", "diffsynth", "musubi", "ai-toolkit",
+                                             "preference", "vl-sft"],
+                   default="imagefolder",
                    help="imagefolder (train/metadata.jsonl + images), parquet (data/train-*-of-*.parquet shards, "
-                   "images embedded) or webdataset (data/train-NNNNNN.tar shards)")
+                   "images embedded), webdataset (data/train-NNNNNN.tar shards), or an edit trainer's own layout "
+                   "with its config, per recipe: diffsynth (DiffSynth-Studio metadata JSONL), musubi (musubi-tuner "
+                   "directories, JSONL and dataset TOML), ai-toolkit (target/control folders and a job yaml); "
+                   "preference: (input, instruction, chosen edit, rejected edit) parquet pairs for DPO / reward models; "
+                   "vl-sft: the VL model's examples (LLaMA-Factory / ms-swift JSONL, TRL parquet)")
     e.add_argument("--shard-size", type=shard_size, default=DEFAULT_SHARD_SIZE, metavar="SIZE",
                    help="largest parquet / webdataset shard: bytes, or e.g. 500MB, 64MiB (default 500MB)")
     e.add_argument("--decision", choices=["accepted", "rejected", "all"], default="accepted",
                    help="accepted edits (default), rejected ones (preference negatives), or all, never-scored included")
     e.add_argument("--min-confidence", type=unit_interval, default=None)
+    e.add_argument("--recipe", default=None, metavar="RECIPE",
+                   help="only the edits of this recipe's item sets (tryon, enrich, …)")
     e.add_argument("--snapshot", type=positive, default=None,
                    help="write exactly the data train snapshot ID holds (imagefolder + ai-toolkit layout)")
     e.add_argument("--json", action="store_true")

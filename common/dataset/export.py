@@ -40,10 +40,26 @@ from sqlalchemy import func, select
 from common.core.errors import InputError
 from common.core.progress import bar
 from common.core.settings import get_settings
-from common.dataset.export_rows import DECISION_FILTERS, iter_rows, plan_rows
+from common.dataset.card import CARD, CardConfig, Tally, write_card
+from common.dataset.export_rows import (
+    DECISION_FILTERS,
+    iter_pairs,
+    iter_rows,
+    plan_rows,
+    recipe_controls,
+)
+from common.dataset.layouts import LAYOUTS, LayoutPlan
 from common.dataset.outfolder import claim_folder
+from common.dataset.preference import PreferenceWriter, pair_row
 from common.dataset.summary import summarise
-from common.dataset.writers import DEFAULT_SHARD_SIZE, WRITERS, layout_paths, open_writer
+from common.dataset.vl_sft import VlSftWriter
+from common.dataset.writers import (
+    DEFAULT_SHARD_SIZE,
+    WRITERS,
+    features_of,
+    layout_paths,
+    open_writer,
+)
 from common.domain.agreement import agreement_summary
 from common.domain.decide import RULES
 from common.media.contact_sheet import ContactSheet
@@ -56,7 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = tuple(WRITERS)
+PREFERENCE = "preference"
+VL_SFT = "vl-sft"
+FORMATS = (*WRITERS, *LAYOUTS, PREFERENCE, VL_SFT)
 __all__ = ["DECISION_FILTERS", "FORMATS", "ExportReport", "export", "quiet_datasets", "thresholds_of"]
 
 
@@ -94,7 +112,7 @@ def _nothing_to_export(db: Database, decision: str) -> InputError:
 
 def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefolder", decision: str = "accepted",
            min_confidence: float | None = None, settings: Settings | None = None,
-           shard_size: int = DEFAULT_SHARD_SIZE) -> ExportReport:
+           shard_size: int = DEFAULT_SHARD_SIZE, recipe: str | None = None) -> ExportReport:
     """Write the chosen edits as a dataset, ``summary.json`` and ``contact_sheet.html`` in ``out_dir``.
 
     Raises ``InputError`` (nothing written) when no edit matches, or when ``out_dir`` holds
@@ -102,25 +120,45 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} (allowed: {', '.join(FORMATS)})")
-    plan = plan_rows(db, decision=decision, min_confidence=min_confidence)
-    if not plan.rows:
+    pairs = fmt == PREFERENCE  # pairs of a finally accepted and a finally rejected edit: --decision is moot
+    plan = plan_rows(db, decision="all" if pairs else decision, min_confidence=min_confidence, recipe=recipe)
+    total = (sum(1 for _ in iter_pairs(db, {}, min_confidence=min_confidence, ids_only=True, recipe=recipe))
+             if pairs else plan.rows)
+    if not total:
+        if pairs:
+            raise InputError("no preference pairs to export: no input and instruction has both a finally accepted "
+                             "and a finally rejected edit", code="export.empty")
         raise _nothing_to_export(db, decision) if not plan.filtered else InputError(
             f"no edits to export: all {plan.filtered} with --decision {decision} are below --min-confidence",
             code="export.empty")
     if settings is None:
         settings = get_settings()
-    files, folders = layout_paths(fmt)
-    owned = claim_folder(out_dir, [*files, "summary.json", "contact_sheet.html"], folders=folders,
-                         format=fmt, decision=decision)
+    layout = LayoutPlan(out_dir.resolve(), recipe_controls(db, decision=decision, min_confidence=min_confidence,
+                                                           recipe=recipe))
+    files, folders = (LAYOUTS[fmt].paths(layout) if fmt in LAYOUTS else VlSftWriter.paths(layout) if fmt == VL_SFT
+                      else layout_paths("parquet") if pairs else layout_paths(fmt))
+    owned = claim_folder(out_dir, [*files, "summary.json", "contact_sheet.html", CARD], folders=folders,
+                         format=fmt, decision="pairs" if pairs else decision)
     sheet = ContactSheet(plan.metrics, plan.ranges, thresholds_of(db, plan.columns))
     by_decision: Counter[str] = Counter()
-    writer = open_writer(fmt, storage, owned, plan.metrics, shard_size)
+    tally = Tally()
+    writer = (LAYOUTS[fmt](storage, owned, layout) if fmt in LAYOUTS
+              else PreferenceWriter(storage, owned, plan.metrics, shard_size=shard_size) if pairs
+              else VlSftWriter(storage, owned, plan.metrics, shard_size=shard_size, plan=layout) if fmt == VL_SFT
+              else open_writer(fmt, storage, owned, plan.metrics, shard_size))
+    source: Iterator[tuple[dict[str, Any], tuple[dict[str, Any], ...]]] = (
+        ((pair_row(c, r, plan.metrics), (c, r)) for c, r in iter_pairs(db, plan.columns, min_confidence=min_confidence,
+                                                                        recipe=recipe))
+        if pairs else ((row, (row,)) for row in iter_rows(db, plan.columns, decision=decision,
+                                                          min_confidence=min_confidence, recipe=recipe)))
     try:
-        with bar(desc=f"export {fmt}", total=plan.rows, unit="row") as progress:
-            for row in iter_rows(db, plan.columns, decision=decision, min_confidence=min_confidence):
+        with bar(desc=f"export {fmt}", total=total, unit="row") as progress:
+            for row, edits in source:
                 writer.write(row)
-                sheet.add(row)
-                by_decision[row["decision"] or "unscored"] += 1
+                for edit in edits:  # a pair shows both its edits (an edit in several pairs, each time)
+                    sheet.add(edit)
+                tally.add({**row, "decision": "pair"} if pairs else row)
+                by_decision["pairs" if pairs else (row["decision"] or "unscored")] += 1
                 progress.update()
     except BaseException:
         writer.abort()  # what was written stays journalled: the next export removes it
@@ -134,10 +172,26 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     contact = sheet.write(storage, out_dir / "contact_sheet.html", summary, limits=settings.images)
+    selection = ("every input and instruction with a finally accepted and a finally rejected edit, every such "
+                 "pair" if pairs else f"--decision {decision}") + (
+        f", --min-confidence {min_confidence:g}" if min_confidence else "") + (f", --recipe {recipe}" if recipe else "")
+    write_card(out_dir / CARD, layout=fmt, selection=selection, tally=tally, rows=rows,
+               configs=_card_configs(fmt, writer, plan.metrics, rows))
     owned.finish()
     log.info("exported %d rows (%s; %d filtered out) to %s as %s", rows, decision, plan.filtered, out_dir, fmt)
     return ExportReport(out_dir, fmt, decision, rows, plan.filtered, summary_path, contact, dict(by_decision),
                         getattr(writer, "shards", 0))
+
+
+def _card_configs(fmt: str, writer: Any, metrics: list[str], rows: int) -> list[CardConfig]:
+    """The card's configs: each layout's data files, with the features ``datasets`` loads them as."""
+    if fmt in LAYOUTS or fmt in (PREFERENCE, VL_SFT):
+        return list(writer.card_configs())
+    if fmt == "imagefolder":
+        return [CardConfig("default", "train/**", rows, features_of(metrics), inferred=True)]
+    if fmt == "parquet":
+        return [CardConfig("default", "data/train-*.parquet", rows, features_of(metrics), inferred=True)]
+    return [CardConfig("default", "data/train-*.tar", rows, inferred=True)]  # webdataset: datasets names its columns by extension
 
 
 def thresholds_of(db: Database, columns: dict[tuple[str, str], str]) -> dict[str, list[tuple[str, float]]]:

@@ -23,13 +23,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, null, select
+from sqlalchemy import case, func, null, select
 from sqlalchemy.orm import Session
 
 from common.core.errors import InputError
 from common.domain.final_decision import FinalDecision, final_decisions
 from common.store.db import Database
-from common.store.rows import Analysis, Decision, Edit, ItemSet, Job, ReviewEditCount, Score
+from common.store.rows import (
+    Analysis,
+    Decision,
+    Edit,
+    ItemSet,
+    ItemSetAsset,
+    Job,
+    ReviewEditCount,
+    Score,
+)
 
 DECISION_FILTERS = ("accepted", "rejected", "all")
 UNSCORED = ""  # the decision column of an edit never scored (exported with --decision all only)
@@ -69,9 +78,11 @@ def final_decision_sql() -> Any:
                 (c.accepted + c.rejected > 0, null()), else_=Decision.decision)
 
 
-def _chosen(query: Any, decision: str) -> Any:
+def _chosen(query: Any, decision: str, recipe: str | None = None) -> Any:
     query = query.outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(
         ReviewEditCount, ReviewEditCount.edit_id == Edit.id)
+    if recipe is not None:  # ``--recipe``: the edits of that recipe's item sets only
+        query = query.where(Edit.item_set_id.in_(select(ItemSet.id).where(ItemSet.recipe == recipe)))
     return query if decision == "all" else query.where(final_decision_sql() == decision)
 
 
@@ -80,7 +91,8 @@ def _check(decision: str) -> None:
         raise InputError(f"unknown decision {decision!r} (allowed: {', '.join(DECISION_FILTERS)})")
 
 
-def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float | None = None) -> RowPlan:
+def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float | None = None,
+              recipe: str | None = None) -> RowPlan:
     """The first pass (see the module's docstring)."""
     _check(decision)
     plan = RowPlan()
@@ -90,7 +102,7 @@ def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float
     with db.session() as s:
         while True:
             q = _chosen(select(Edit.id, Analysis.id, Analysis.confidence)
-                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id), decision)
+                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id), decision, recipe)
             chunk = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(CHUNK)).all()
             if not chunk:
                 break
@@ -117,7 +129,8 @@ def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float
 
 
 def iter_rows(db: Database, columns: dict[tuple[str, str], str], *, decision: str = "accepted",
-              min_confidence: float | None = None, chunk: int = CHUNK) -> Iterator[dict[str, Any]]:
+              min_confidence: float | None = None, chunk: int = CHUNK,
+              recipe: str | None = None) -> Iterator[dict[str, Any]]:
     """The chosen edits as records, in edit-id order, with URIs for their images and one column
     per metric of ``columns`` (a metric not in it, scored after :func:`plan_rows`, is left out)."""
     _check(decision)
@@ -127,7 +140,7 @@ def iter_rows(db: Database, columns: dict[tuple[str, str], str], *, decision: st
             q = _chosen(select(Edit, ItemSet, Analysis, Job, Decision)
                         .join(ItemSet, Edit.item_set_id == ItemSet.id)
                         .outerjoin(Analysis, Edit.analysis_id == Analysis.id)
-                        .outerjoin(Job, Analysis.job_id == Job.id), decision)
+                        .outerjoin(Job, Analysis.job_id == Job.id), decision, recipe)
             if min_confidence is not None:
                 q = q.where(Analysis.confidence >= min_confidence)
             found = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(chunk)).all()
@@ -238,3 +251,65 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool | int | float):
         return float(value)
     return None
+
+
+def recipe_controls(db: Database, *, decision: str = "accepted", min_confidence: float | None = None,
+                    recipe: str | None = None) -> dict[str, int]:
+    """``recipe -> the most control images one of its chosen edits has`` (the person and every
+    garment): the trainer layouts name their per-recipe folders and configs before the first row."""
+    _check(decision)
+    garments = (select(ItemSetAsset.item_set_id, func.count().label("n")).where(ItemSetAsset.role == "garment")
+                .group_by(ItemSetAsset.item_set_id).subquery())
+    q = _chosen(select(ItemSet.recipe, func.max(func.coalesce(garments.c.n, 0))).select_from(Edit)
+                .join(ItemSet, Edit.item_set_id == ItemSet.id)
+                .outerjoin(garments, garments.c.item_set_id == Edit.item_set_id), decision, recipe)
+    if min_confidence is not None:
+        q = q.outerjoin(Analysis, Edit.analysis_id == Analysis.id).where(Analysis.confidence >= min_confidence)
+    with db.session() as s:
+        return {recipe: 1 + int(n or 0) for recipe, n in s.execute(q.group_by(ItemSet.recipe).order_by(ItemSet.recipe))}
+
+
+def _pair_ids(s: Session, item_sets: list[int], min_confidence: float | None,
+              recipe: str | None = None) -> list[tuple[int, int]]:
+    """(accepted id, rejected id) for every edit of ``item_sets`` finally accepted and every one finally
+    rejected of the same item set and instruction, ordered by item set, instruction and ids."""
+    final = final_decision_sql()
+    prompt = func.coalesce(Edit.edit_prompt, Analysis.edit_prompt, "")
+    q = _chosen(select(Edit.id, Edit.item_set_id, prompt, final).outerjoin(Analysis, Edit.analysis_id == Analysis.id),
+                "all", recipe).where(Edit.item_set_id.in_(item_sets), final.in_(("accepted", "rejected")))
+    if min_confidence is not None:
+        q = q.where(Analysis.confidence >= min_confidence)
+    groups: dict[tuple[int, str], dict[str, list[int]]] = {}
+    for edit_id, item_set_id, text, decision in s.execute(q.order_by(Edit.item_set_id, Edit.id)):
+        groups.setdefault((item_set_id, text), {"accepted": [], "rejected": []})[decision].append(edit_id)
+    return [(a, r) for key in sorted(groups) for a in groups[key]["accepted"] for r in groups[key]["rejected"]]
+
+
+def iter_pairs(db: Database, columns: dict[tuple[str, str], str], *, min_confidence: float | None = None,
+               chunk: int = CHUNK, ids_only: bool = False, recipe: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """Preference pairs: (chosen row, rejected row) for every input (item set) and instruction that has
+    a finally accepted and a finally rejected edit, every accepted one with every rejected one. Read in
+    chunks of ``chunk`` item sets (keyset on the item set id): memory holds one chunk's edits.
+    ``ids_only`` yields the two edit ids instead of the rows (to count the pairs)."""
+    last = 0
+    with db.session() as s:
+        while True:
+            sets = list(s.scalars(select(Edit.item_set_id).where(Edit.item_set_id > last).group_by(Edit.item_set_id)
+                                  .order_by(Edit.item_set_id).limit(chunk)))
+            if not sets:
+                return
+            last = sets[-1]
+            pairs = _pair_ids(s, sets, min_confidence, recipe)
+            if ids_only or not pairs:
+                yield from pairs
+                continue
+            ids = sorted({i for pair in pairs for i in pair})
+            found = s.execute(select(Edit, ItemSet, Analysis, Job, Decision)
+                              .join(ItemSet, Edit.item_set_id == ItemSet.id)
+                              .outerjoin(Analysis, Edit.analysis_id == Analysis.id)
+                              .outerjoin(Job, Analysis.job_id == Job.id)
+                              .outerjoin(Decision, Decision.edit_id == Edit.id)
+                              .where(Edit.id.in_(ids)).order_by(Edit.id)).all()
+            rows = {row["edit_id"]: row for row in _records(s, found, columns, "all")}
+            s.expunge_all()
+            yield from ((rows[a], rows[r]) for a, r in pairs if a in rows and r in rows)

@@ -92,6 +92,24 @@ def _create(owned: OwnedFolder, rel: str) -> Any:
     return (owned.root / rel).open("xb")
 
 
+def copy_once(storage: Storage, owned: OwnedFolder, folder: str, uri: str) -> str:
+    """The stored bytes of ``uri`` as ``folder/<sha256>.<ext>`` (never re-encoded; written once however
+    many rows name it); returns that path, relative to the export folder."""
+    rel = f"{folder}/{image_name(uri)}"
+    if not (owned.root / rel).exists():  # written for an earlier row (or someone else's: refused)
+        with _create(owned, rel) as fh:
+            fh.write(storage.get(uri))
+    elif owned.foreign(rel):
+        raise _refuse(owned, rel)
+    return rel
+
+
+def write_new(owned: OwnedFolder, rel: str, data: bytes) -> None:
+    """``data`` as the new file ``rel`` in a claimed folder (journalled first; refused when not ours)."""
+    with _create(owned, rel) as fh:
+        fh.write(data)
+
+
 def features_of(metrics: list[str]) -> Any:
     """The ``datasets`` features of an exported row (images, text, lists, one float per metric)."""
     from datasets import Features, Image, List, Value
@@ -129,13 +147,7 @@ class ImageFolderWriter:
         self.metadata = (owned.root / METADATA).open("w")
 
     def _copy(self, uri: str) -> str:
-        rel = f"{IMAGES_FOLDER}/{image_name(uri)}"
-        if not (self.owned.root / rel).exists():  # written for an earlier row (or someone else's: refused)
-            with _create(self.owned, rel) as fh:
-                fh.write(self.storage.get(uri))
-        elif self.owned.foreign(rel):
-            raise _refuse(self.owned, rel)
-        return f"images/{image_name(uri)}"
+        return copy_once(self.storage, self.owned, IMAGES_FOLDER, uri).removeprefix("train/")
 
     def write(self, row: dict[str, Any]) -> None:
         record = _fields(row)
@@ -164,10 +176,13 @@ class _Shards:
         self.open = False
         (owned.root / self.folder).mkdir(parents=True, exist_ok=True)
 
+    def _images(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row's image bytes, by role."""
+        return {"input": self.storage.get(row["input_uri"]), "edited": self.storage.get(row["edited_uri"]),
+                "garments": [self.storage.get(u) for u in row["garment_uris"]]}
+
     def write(self, row: dict[str, Any]) -> None:
-        garments = [self.storage.get(u) for u in row["garment_uris"]]
-        images: dict[str, Any] = {"input": self.storage.get(row["input_uri"]),
-                                  "edited": self.storage.get(row["edited_uri"]), "garments": garments}
+        images = self._images(row)
         payload, size = self._prepare(row, images)
         if self.open and self.shard_bytes + size + self.slack > self.shard_size:
             self._close_shard()
