@@ -122,6 +122,7 @@ class _Prepared:
     item_set_id: int
     adapter_id: int | None
     adapter_path: str | None
+    adapter_sha256: str | None = None
 
 
 def backend_options(settings: Settings) -> dict[str, Any]:
@@ -168,7 +169,8 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
             ref = _ref(row)
     path = str(materialize(ref, ctx.storage, ctx.settings.data_dir)) if ref is not None else None
     item = GenerateItem(key=job.key, prompt=str(p["prompt"]), seed=int(p["seed"]), width=g.width, height=g.height)
-    return _Prepared(job, item, int(p["character_asset_id"]), int(item_set_id), ref.id if ref else None, path)
+    return _Prepared(job, item, int(p["character_asset_id"]), int(item_set_id), ref.id if ref else None, path,
+                     ref.sha256 if ref else None)
 
 
 def _siblings(p: _Prepared) -> Select[Any]:
@@ -206,7 +208,10 @@ def _finish(p: _Prepared, out: GenerateOutput, run: GroupRun, ctx: StageContext)
         code = "generate.duplicate" if same is not None else "generate.near_duplicate"
         return Outcome.skip(code, f"the image repeats stored asset {same or near}", {"duplicate_of": same or near})
     timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size}
-    lineage_params = {**params, "width": p.item.width, "height": p.item.height,
+    # the adapter by id and weights hash, never by the local folder it was read from
+    lineage_params = {**{k: v for k, v in params.items() if k != "adapter_path"},
+                      "generate_adapter_id": p.adapter_id, "generate_adapter_sha256": p.adapter_sha256,
+                      "width": p.item.width, "height": p.item.height,
                       "keywords": p.job.payload.get("keywords"), "trigger": p.job.payload.get("trigger")}
     result: dict[str, Any] = {"prompt": p.item.prompt, "seed": p.item.seed, "adapter_id": p.adapter_id, **timings}
 

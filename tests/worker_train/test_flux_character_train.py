@@ -91,7 +91,11 @@ def test_character_lora_lowers_its_loss_and_generate_uses_it(tiny_models: dict[s
         s.expunge_all()
     plain, adapted = rows[:2], rows[3:]
     assert [r.adapter_id for r in adapted] == [adapter_id, adapter_id]
-    assert all(r.params["adapter_path"] for r in adapted) and plain[0].params["adapter_path"] is None
+    # the adapter is named by id and weights hash, never by a local path
+    assert all(r.params["generate_adapter_id"] == r.adapter_id and r.params["generate_adapter_sha256"]
+               for r in adapted)
+    assert plain[0].params["generate_adapter_id"] is None and plain[0].params["generate_adapter_sha256"] is None
+    assert not any("adapter_path" in r.params for r in (*plain, *adapted))
     for before, after in zip(plain, adapted, strict=True):
         assert before.seed == after.seed and before.prompt == after.prompt
         assert np.abs(_pixels(ctx, before) - _pixels(ctx, after)).mean() > 0.5
