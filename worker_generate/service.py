@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.core.errors import InputError, TransientError
 from common.core.settings import Settings
 from common.domain.adapters import AdapterRef, materialize
 from common.domain.characters import resolve_character, resolve_character_adapter
+from common.domain.itemsets import ensure_item_set
 from common.media.assets import Provenance, find_near_duplicate, register_image_bytes
 from common.media.images import load_image
 from common.runtime.overlap import GroupRun, grouped_phases
@@ -39,7 +39,7 @@ from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
 from common.store import jobs as jobstore
 from common.store.jobs import ClaimedJob, Outcome
-from common.store.rows import Adapter, Asset, AssetLineage, Edit, ItemSet, ItemSetAsset
+from common.store.rows import Adapter, Asset, AssetLineage, Edit
 from worker_generate.backends import get_backend
 from worker_generate.backends.flux import GenerateItem, GenerateOutput
 from worker_generate.prompts import check_template, draw_prompt
@@ -59,22 +59,7 @@ def _ref(row: Adapter) -> AdapterRef:
 
 def generate_item_set(session: Session, asset_id: int) -> int:
     """The item set a character's generated images are scored against (its photo alone)."""
-    key = f"generate:character:{asset_id}"
-    existing = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
-    if existing is not None:
-        return int(existing)
-    item = ItemSet(key=key, recipe="enrich", keywords={}, variation=None, seed=None)
-    item.members = [ItemSetAsset(position=0, asset_id=asset_id, role="character")]
-    try:
-        with session.begin_nested():
-            session.add(item)
-            session.flush()
-    except IntegrityError:
-        found = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
-        if found is None:
-            raise
-        return int(found)
-    return int(item.id)
+    return ensure_item_set(session, f"generate:character:{asset_id}", "enrich", [(asset_id, "character")])
 
 
 # --- queueing -----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from protego import Protego
 
 from worker_scrape.errors import FetchConnectionError, FetchTimeout, PolitenessUnavailable
 from worker_scrape.reader import bounded_session, open_url
-from worker_scrape.reader import connection_failure as connection_failure  # re-exported
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import host_key
 

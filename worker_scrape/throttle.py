@@ -154,6 +154,7 @@ class RedisHostThrottle(HostThrottle):
         self._errors = RedisError
         self._redis = client
         self.lease_s = lease_s
+        self._lease_ms = max(1, int(lease_s * 1000))  # PX of the lease key
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
@@ -182,7 +183,7 @@ class RedisHostThrottle(HostThrottle):
 
     def _take(self, host: str, lease: str, last: str, wake: str, delay_s: float) -> str:
         token = uuid.uuid4().hex
-        lease_ms = max(1, int(self.lease_s * 1000))
+        lease_ms = self._lease_ms
         delay_us = int(delay_s * 1_000_000)
         while True:
             try:
@@ -211,7 +212,7 @@ class RedisHostThrottle(HostThrottle):
             self._held.pop(lease, None)
         keep_ms = int(max(_KEEP_LAST_S, 2 * delay_s) * 1000)
         try:
-            self._release(keys=[lease, last, wake], args=[token, keep_ms, max(1, int(self.lease_s * 1000))])
+            self._release(keys=[lease, last, wake], args=[token, keep_ms, self._lease_ms])
         except self._errors as exc:
             raise _unavailable(exc) from exc
 
@@ -221,7 +222,7 @@ class RedisHostThrottle(HostThrottle):
                 held = list(self._held.items())
             for lease, token in held:
                 try:
-                    if not self._renew(keys=[lease], args=[token, max(1, int(self.lease_s * 1000))]):
+                    if not self._renew(keys=[lease], args=[token, self._lease_ms]):
                         log.warning("politeness: the lease %s ran out while its request was in flight", lease)
                 except self._errors as exc:
                     log.warning("politeness: cannot renew %s: %s", lease, exc)

@@ -33,7 +33,14 @@ from common.domain.characters import resolve_character
 from common.runtime.runner import StageContext
 from common.store.rows import Adapter, Edit, ItemSetAsset, Job, Score
 from worker_train.flywheel import FlywheelError, _settle
-from worker_train.report import NOT_ENOUGH, _interval_plot, _strip, _summary, bootstrap_ci, figure
+from worker_train.report import (
+    _interval_plot,
+    _strip,
+    _summary,
+    bootstrap_ci,
+    figure,
+    paired_verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,24 +232,12 @@ def build_character_report(ctx: StageContext, state: dict[str, Any], results: li
 
 
 def _paired(prev: dict[str, Any], cur: dict[str, Any], field: str, seed: int, min_items: int) -> dict[str, Any] | None:
-    """Round ``cur`` minus round ``prev`` per image of the same seed, with a bootstrap interval; a
-    verdict only with ``min_items`` pairs and the rounds' own intervals apart (as the edit flywheel)."""
+    """Round ``cur`` minus round ``prev`` per image of the same seed (as the edit flywheel compares
+    its rounds); a lower identity distance is better, a higher share kept is."""
     before = {i["index"]: i[field] for i in prev["images"]}
     pairs = [(before[i["index"]], i[field]) for i in cur["images"]
              if i[field] is not None and before.get(i["index"]) is not None]
-    if not pairs:
-        return None
-    diffs = [b - a for a, b in pairs]
-    lo, hi = bootstrap_ci(diffs, seed=seed)
-    mean = sum(diffs) / len(diffs)
-    then, now = bootstrap_ci([a for a, _ in pairs], seed=seed), bootstrap_ci([b for _, b in pairs], seed=seed)
-    overlap = then[0] <= now[1] and now[0] <= then[1]
-    within = lo <= 0 <= hi or overlap
-    better = mean > 0 if field == "kept" else mean < 0
-    verdict = NOT_ENOUGH if len(diffs) < min_items else (
-        "within noise" if within else ("better" if better else "worse"))
-    return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "min_pairs": min_items,
-            "intervals_overlap": overlap, "within_noise": within, "verdict": verdict}
+    return paired_verdict(pairs, seed=seed, min_items=min_items, higher_is_better=field == "kept")
 
 
 def _fmt(v: Any, pct: bool = False) -> str:

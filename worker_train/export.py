@@ -64,7 +64,7 @@ def export_adapter(session: Session, storage: Storage, adapter_id: int, out_dir:
     (out_dir / CONFIG_NAME).write_bytes(config)
     if losses:
         (out_dir / LOSS_PLOT).write_bytes(loss_png(losses))
-    (out_dir / CARD_NAME).write_text(model_card(row, how, has_plot=bool(losses)), encoding="utf-8")
+    (out_dir / CARD_NAME).write_text(model_card(row, how, losses), encoding="utf-8")
     owned.finish()
     return {"adapter_id": row.id, "target": row.target, "library": how["library"], "sha256": row.sha256,
             "out": str(out_dir), "files": files}
@@ -76,13 +76,12 @@ def _yaml_text(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar, quoted and escaped
 
 
-def model_card(row: Adapter, how: dict[str, Any], *, has_plot: bool) -> str:
+def model_card(row: Adapter, how: dict[str, Any], losses: list[tuple[int, float]]) -> str:
     """The ``README.md`` of an exported adapter: YAML header, then the facts and how to load it."""
     hp = row.hyperparameters or {}
     tags = ["lora", "synthpipe", *how["tags"]]
     header = ["---", f"base_model: {_yaml_text(row.base_model)}", f"library_name: {how['library']}", "tags:",
               *(f"- {t}" for t in tags), "---", ""]
-    losses = [(int(s), float(v)) for s, v in row.loss_curve]
     first = f"{losses[0][1]:.4f}" if losses else "-"
     last = f"{losses[-1][1]:.4f}" if losses else "-"
     facts = [
@@ -97,7 +96,7 @@ def model_card(row: Adapter, how: dict[str, Any], *, has_plot: bool) -> str:
             f"{how['what'].capitalize()} of `{row.base_model}`, trained by synthpipe on the accepted edits "
             f"of snapshot {row.snapshot_id}. The snapshot hash names exactly the edits it saw.", "",
             "| | |", "|---|---|", *(f"| {k} | `{v}` |" for k, v in facts), "", "## Loss curve", ""]
-    if has_plot:
+    if losses:  # the plot is written beside the card whenever there are losses
         body += [f"![training loss per step]({LOSS_PLOT})", ""]
     body += _loss_table(losses) + ["", "## How to load it", "", "```python", *_snippet(row, how), "```", ""]
     return "\n".join(header + body)

@@ -47,11 +47,11 @@ def _accepted(item: dict[str, Any]) -> float:
 NOT_ENOUGH = "not enough evidence"
 
 
-def _paired(prev: dict[str, Any], cur: dict[str, Any], value: Any, seed: int, min_items: int) -> dict[str, Any] | None:
-    """Round ``cur`` minus round ``prev`` over the items both have a value for, with its verdict."""
-    before = {i["item_set_id"]: value(i) for i in prev["items"]}
-    pairs = [(before[i["item_set_id"]], value(i)) for i in cur["items"]
-             if value(i) is not None and before.get(i["item_set_id"]) is not None]
+def paired_verdict(pairs: list[tuple[float, float]], *, seed: int, min_items: int,
+                   higher_is_better: bool = True) -> dict[str, Any] | None:
+    """Round k's value minus round k-1's over paired items (``(before, after)``), with a bootstrap
+    interval and a verdict: better or worse only with ``min_items`` pairs, a paired interval
+    without zero and the rounds' own intervals apart; else within noise or not enough evidence."""
     if not pairs:
         return None
     diffs = [b - a for a, b in pairs]
@@ -63,10 +63,18 @@ def _paired(prev: dict[str, Any], cur: dict[str, Any], value: Any, seed: int, mi
     if len(diffs) < min_items:
         verdict = NOT_ENOUGH
     else:
-        verdict = "within noise" if within else ("better" if mean > 0 else "worse")
+        verdict = "within noise" if within else ("better" if (mean > 0) == higher_is_better else "worse")
     return {"diff": round(mean, 6), "ci95": [lo, hi], "pairs": len(diffs), "min_pairs": min_items,
             "ci95_before": then, "ci95_after": now, "intervals_overlap": overlap, "within_noise": within,
             "verdict": verdict}
+
+
+def _paired(prev: dict[str, Any], cur: dict[str, Any], value: Any, seed: int, min_items: int) -> dict[str, Any] | None:
+    """Round ``cur`` minus round ``prev`` over the items both have a value for, with its verdict."""
+    before = {i["item_set_id"]: value(i) for i in prev["items"]}
+    pairs = [(before[i["item_set_id"]], value(i)) for i in cur["items"]
+             if value(i) is not None and before.get(i["item_set_id"]) is not None]
+    return paired_verdict(pairs, seed=seed, min_items=min_items)
 
 
 def build_report(target: str, results: list[dict[str, Any]], eval_sets: int, *, seed: int,

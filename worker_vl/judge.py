@@ -20,7 +20,7 @@ from common.core.errors import ErrorKind
 from common.domain.schemas import JUDGE_SCHEMA_VERSION, JudgeVerdict
 from common.domain.scoring import ScoreItem, ScoreOutput
 from worker_vl.backends import resident_backend_for
-from worker_vl.backends.base import VLItem
+from worker_vl.backends.base import VLItem, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,8 @@ class VLJudgeScorer:
                       system_prompt=SYSTEM, user_prompt=user, json_schema=schema)
 
 
-def _usage(answer: Any, model: str) -> dict[str, Any]:
-    """The tokens a verdict cost and the model id that gave it (the server's, when served)."""
-    if not (answer.prompt_tokens or answer.completion_tokens):
-        return {}
-    return {"usage": {"model": answer.served_model or model, "prompt_tokens": answer.prompt_tokens,
-                      "completion_tokens": answer.completion_tokens}}
-
-
 def _verdict(item: ScoreItem, answer: Any, seconds: float, model: str) -> ScoreOutput:
-    usage = _usage(answer, model)
+    usage = usage_of(answer, model)
     error = answer.exception()
     if error is not None:
         kind = ErrorKind.TRANSIENT if error.kind == ErrorKind.TRANSIENT else error.kind

@@ -33,7 +33,7 @@ from common.store import jobs as jobstore
 from common.store.jobs import ClaimedJob, Outcome
 from common.store.rows import Analysis
 from worker_vl.backends import resident_backend_for
-from worker_vl.backends.base import VLItem, VLOutput
+from worker_vl.backends.base import VLItem, VLOutput, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def gate(analysis: EditCore, settings: Settings) -> tuple[str, str] | None:
 def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Outcome:
     settings, batch_s, batch_size = ctx.settings, run.seconds, run.size
     error = out.exception()
+    usage = usage_of(out, settings.vl_model)
     # a failed job still says which adapter it ran with, and what its answer cost
-    made_by: dict[str, Any] = {"adapter_id": p.adapter_id, **usage_of(out, settings)}
+    made_by: dict[str, Any] = {"adapter_id": p.adapter_id, **usage}
     if error is not None:
         return Outcome.from_error(error, made_by)
     try:
@@ -130,20 +131,10 @@ def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Ou
                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
     gated = gate(analysis, settings)
     write = _writer(p, out, analysis, timings, settings, enqueue_edit=gated is None)
-    result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings,
-              **usage_of(out, settings)}
+    result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings, **usage}
     if gated is not None:
         return Outcome.skip(gated[0], gated[1], result, write=write)
     return Outcome.ok(result, write=write)
-
-
-def usage_of(out: VLOutput, settings: Settings) -> dict[str, Any]:
-    """``{"usage": {model, prompt_tokens, completion_tokens}}`` of an answer (nothing when no tokens
-    were spent): the job store adds it to the run's totals (``common.store.usage``)."""
-    if not (out.prompt_tokens or out.completion_tokens):
-        return {}
-    model = out.served_model or backend_options(settings)["model"]
-    return {"usage": {"model": model, "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}}
 
 
 def _writer(p: _Prepared, out: VLOutput, analysis: EditCore, timings: dict[str, Any], settings: Settings,

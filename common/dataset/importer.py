@@ -32,12 +32,13 @@ from common.core.errors import ImageRejected, InputError
 from common.core.progress import progress
 from common.core.settings import ImageSettings, Settings
 from common.dataset.export import quiet_datasets
+from common.domain.itemsets import ensure_item_set
 from common.domain.scorequeue import queue_score
 from common.media.assets import Provenance, register_image_bytes
 from common.media.files import FileRefused, UnreadableFile, check_regular_file, read_regular_file
 from common.media.images import LoadedImage, load_image
 from common.store.db import Database
-from common.store.rows import RECIPES, Edit, ItemSet, ItemSetAsset
+from common.store.rows import RECIPES, Edit
 from common.store.sanitize import UnstorableText, json_safe, repaired_text, storable_text
 from common.store.storage import Storage, sha256_hex
 
@@ -300,22 +301,7 @@ def _asset(session: Session, data: bytes, role: str, source: Provenance, storage
 def _item_set(session: Session, recipe: str, members: list[tuple[int, str]]) -> int:
     """The item set of these assets for ``recipe``, made unless it exists."""
     digest = hashlib.sha256(",".join(f"{r}:{a}" for a, r in members).encode()).hexdigest()
-    key = f"import:{recipe}:{digest}"
-    existing = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
-    if existing is not None:
-        return existing
-    item = ItemSet(key=key, recipe=recipe, keywords={}, variation=None, seed=None)
-    item.members = [ItemSetAsset(position=i, asset_id=a, role=r) for i, (a, r) in enumerate(members)]
-    try:
-        with session.begin_nested():
-            session.add(item)
-            session.flush()
-    except IntegrityError:
-        found = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
-        if found is None:
-            raise
-        return found
-    return item.id
+    return ensure_item_set(session, f"import:{recipe}:{digest}", recipe, members)
 
 
 def _source_values(row: dict[str, Any], extra: list[str], columns: ColumnMap) -> dict[str, Any]:

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.core.errors import ImageRejected, InputError
 from common.core.settings import ImageSettings
 from common.media.images import load_image
-from common.store.rows import ItemSet
+from common.store.rows import ItemSet, ItemSetAsset
 from common.store.storage import Storage
 
 
@@ -71,3 +73,23 @@ def load_member_images(storage: Storage, members: tuple[Member, ...], limits: Im
         except ImageRejected as exc:
             raise InputError(f"{m.role} photo asset {m.asset_id} ({m.uri}): {exc.reason}", code=exc.code) from None
     return images
+
+
+def ensure_item_set(session: Session, key: str, recipe: str, members: list[tuple[int, str]]) -> int:
+    """The id of the item set ``key`` (``members``: (asset id, role) in order), made unless it
+    exists; a concurrent maker of the same key wins the race and its id is returned."""
+    existing = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
+    if existing is not None:
+        return int(existing)
+    item = ItemSet(key=key, recipe=recipe, keywords={}, variation=None, seed=None)
+    item.members = [ItemSetAsset(position=i, asset_id=a, role=r) for i, (a, r) in enumerate(members)]
+    try:
+        with session.begin_nested():
+            session.add(item)
+            session.flush()
+    except IntegrityError:
+        found = session.scalar(select(ItemSet.id).where(ItemSet.key == key))
+        if found is None:
+            raise
+        return int(found)
+    return int(item.id)

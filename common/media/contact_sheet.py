@@ -171,22 +171,6 @@ class Histogram:
         return "".join(parts)
 
 
-def _range(values: list[float]) -> tuple[float, float] | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return (min(finite), max(finite)) if finite else None
-
-
-def histogram_svg(metric: str, rows: list[dict[str, Any]], bounds: list[tuple[str, float]], *,
-                  width: int = 280, height: int = 120, bins: int = BINS) -> str:
-    """One metric's values as an inline SVG histogram, bars stacked by decision, a dashed line at
-    each threshold (``bounds``: ``[(label, value)]``, e.g. ``[("min 0.7", 0.7)]``)."""
-    values = [(float(r[metric]), r.get("decision") or "") for r in rows if r.get(metric) is not None]
-    hist = Histogram(metric, _range([v for v, _ in values]), bounds, bins)
-    for value, decision in values:
-        hist.add(value, decision)
-    return hist.svg(width=width, height=height)
-
-
 #: what a card shows of a row (the sample keeps only these, and the metrics)
 CARD_KEYS = ("input_uri", "edited_uri", "garment_uris", "sites", "decision", "reasons", "confidence", "recipe",
              "origin", "seed", "edit_backend", "edit_id", "edit_prompt")
@@ -240,16 +224,3 @@ class ContactSheet:
                            cards="\n".join(cards) or "<p>No edits yet.</p>")
         path.write_text(body)
         return path
-
-
-def write_contact_sheet(storage: Storage, path: Path, rows: list[dict[str, Any]], summary: dict[str, Any], *,
-                        limits: ImageSettings, metrics: list[str] | None = None,
-                        thresholds: dict[str, list[tuple[str, float]]] | None = None) -> Path:
-    """The contact sheet of ``rows`` (a list; a stream goes through :class:`ContactSheet`)."""
-    metrics = metrics or []
-    ranges = {m: r for m in metrics
-              if (r := _range([float(row[m]) for row in rows if row.get(m) is not None])) is not None}
-    sheet = ContactSheet(metrics, ranges, thresholds)
-    for row in rows:
-        sheet.add(row)
-    return sheet.write(storage, path, summary, limits=limits)

@@ -24,7 +24,7 @@ def send_jobs(ids: list[int], db: Database) -> int:
         return 0
     with db.session() as s:
         rows = s.execute(
-            select(Job.id, Job.stage, Job.not_before).where(Job.id.in_(ids), Job.status == "queued")
+            select(Job.id, Job.stage, Job.not_before).where(Job.id.in_(ids), jobstore.QUEUED)
         ).all()
     app = get_app()
     sent = 0

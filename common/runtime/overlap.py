@@ -182,11 +182,13 @@ class _OverlappedRun:
         batch.outcomes = whole_batch_failed(self.stage, batch.claimed, exc, phase)
 
     def _give_back(self, batch: _Batch, exc: ConfigError) -> None:
+        """The runner is at fault (settings, a missing extra): the batch goes back uncharged and
+        the run stops, saying why."""
         released = jobstore.release(self.ctx.db, batch.claimed, exc)
         log.error("%s: %s; %d job(s) back in the queue", self.stage, exc, len(released))
-        batch.heartbeat.stop()
         self.errors.append(exc)
         self.stop.set()
+        self._drop(batch)
 
     def _drop(self, batch: _Batch) -> None:
         """Let go of a batch without recording it: its leases expire and its jobs come back."""
@@ -222,7 +224,6 @@ class _OverlappedRun:
                     fault = runner_fault(exc)
                     if fault is not None:
                         self._give_back(batch, fault)
-                        self.in_flight.release()
                         return
                     self._fail_whole(batch, exc, "prepare")
                 self.ready.put(batch)
@@ -267,7 +268,6 @@ class _OverlappedRun:
             fault = runner_fault(exc)
             if fault is not None:
                 self._give_back(batch, fault)
-                self.in_flight.release()
                 return False
             self._fail_whole(batch, exc, "run")
         self.timing.model_s += time.perf_counter() - t0

@@ -32,11 +32,14 @@ def usage_entries(result: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def add(session: Session, stage: str, result: dict[str, Any] | None) -> None:
     """Add the tokens of one recorded job's ``result`` to the totals of ``stage``."""
-    for entry in usage_entries(result):
+    entries = usage_entries(result)
+    if not entries:
+        return
+    dialect = session.get_bind().dialect.name
+    for entry in entries:
         values = {"stage": stage, "model": str(entry.get("model") or "unknown")[:MAX_MODEL], "requests": 1,
                   "prompt_tokens": int(entry.get("prompt_tokens") or 0),
                   "completion_tokens": int(entry.get("completion_tokens") or 0)}
-        dialect = session.get_bind().dialect.name
         if dialect in ("postgresql", "sqlite"):
             stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(ModelUsage).values(**values)
             table = ModelUsage.__table__.c

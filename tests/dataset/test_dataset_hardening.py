@@ -9,38 +9,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
+from fixtures.photos import noise, photo
 from sqlalchemy import select
 
 from common.cli import main
-
-SIDE = 96
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _photo(seed: int, side: int = SIDE) -> bytes:
-    """A distinct small photo: a crop of a real one, shifted by ``seed``."""
-    from skimage import data
-
-    im = Image.fromarray(data.astronaut()).crop((seed * 7, 0, seed * 7 + 300, 300)).resize((side, side))
-    return _png(np.asarray(im))
-
-
-def _noise(seed: int, side: int = SIDE) -> bytes:
-    return _png(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
@@ -86,8 +64,8 @@ def _import_two(db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     from common.store.rows import Edit
 
     folder = _imagefolder(tmp_path / "pairs", [
-        {"input": _photo(1), "edited": _noise(101), "prompt": "make the jacket red"},
-        {"input": _photo(2), "edited": _noise(102), "prompt": "relight the scene at dusk"}])
+        {"input": photo(1), "edited": noise(101), "prompt": "make the jacket red"},
+        {"input": photo(2), "edited": noise(102), "prompt": "relight the scene at dusk"}])
     code, got, err = _cli(capsys, "import", str(folder), "--json")
     assert code == 0 and got["imported"] == 2, err
     with db.session() as s:
@@ -199,9 +177,9 @@ def test_nan_and_nul_are_sanitised_once_and_one_bad_row_is_refused(
 
     nan, inf = float("nan"), float("inf")
     path = _parquet(tmp_path / "pairs" / "data" / "train-00000-of-00001.parquet", {
-        "input_image": [_photo(i) for i in range(1, 6)],
+        "input_image": [photo(i) for i in range(1, 6)],
         "edit_prompt": ["add snow", "make it night", "paint it blue", "make it\x00red", "add fog"],
-        "edited_image": [_noise(100 + i) for i in range(1, 6)],
+        "edited_image": [noise(100 + i) for i in range(1, 6)],
         "score": [0.5, nan, inf, 0.7, -inf],
         "note": ["fine", "fine", "fine", "fine", "a\x00b"],
     }, images=("input_image", "edited_image"), floats=("score",))
@@ -247,9 +225,9 @@ def test_the_sanitiser_repairs_json_and_refuses_unstorable_text() -> None:
 def test_a_fifo_or_a_device_symlink_is_refused_unopened_by_import_and_ingest(
         db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _imagefolder(tmp_path / "pairs", [
-        {"input": _photo(1), "edited": _noise(101), "prompt": "a good row"},
-        {"input_name": "fifo.png", "edited": _noise(102), "prompt": "input is a FIFO"},
-        {"input": _photo(3), "edited_name": "zero.png", "prompt": "edited is /dev/zero"},
+        {"input": photo(1), "edited": noise(101), "prompt": "a good row"},
+        {"input_name": "fifo.png", "edited": noise(102), "prompt": "input is a FIFO"},
+        {"input": photo(3), "edited_name": "zero.png", "prompt": "edited is /dev/zero"},
     ])
     os.mkfifo(folder / "train" / "fifo.png")
     (folder / "train" / "zero.png").symlink_to("/dev/zero")
@@ -262,7 +240,7 @@ def test_a_fifo_or_a_device_symlink_is_refused_unopened_by_import_and_ingest(
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    (photos / "good.png").write_bytes(_photo(9))
+    (photos / "good.png").write_bytes(photo(9))
     os.mkfifo(photos / "pipe.jpg")
     (photos / "zero.jpg").symlink_to("/dev/zero")
     code, got, err = _cli(capsys, "ingest", str(photos), "--role", "person", "--json")
@@ -303,9 +281,9 @@ def test_prompts_longer_than_the_setting_are_refused(db: Any, tmp_path: Path, ca
 
     huge = "paint the wall " * 70_000  # about a megabyte
     folder = _imagefolder(tmp_path / "pairs", [
-        {"input": _photo(1), "edited": _noise(101), "prompt": "x" * 50},
-        {"input": _photo(2), "edited": _noise(102), "prompt": "y" * 51},
-        {"input": _photo(3), "edited": _noise(103), "prompt": huge},
+        {"input": photo(1), "edited": noise(101), "prompt": "x" * 50},
+        {"input": photo(2), "edited": noise(102), "prompt": "y" * 51},
+        {"input": photo(3), "edited": noise(103), "prompt": huge},
     ])
     code, got, err = _cli(capsys, "import", str(folder), "--json")  # the default limit
     assert code == 0, err
@@ -315,8 +293,8 @@ def test_prompts_longer_than_the_setting_are_refused(db: Any, tmp_path: Path, ca
     monkeypatch.setenv("SYNTHPIPE_IMPORTS__MAX_PROMPT_CHARS", "50")
     reset_settings()
     second = _imagefolder(tmp_path / "pairs2", [
-        {"input": _photo(4), "edited": _noise(104), "prompt": "z" * 50},
-        {"input": _photo(5), "edited": _noise(105), "prompt": "w" * 51},
+        {"input": photo(4), "edited": noise(104), "prompt": "z" * 50},
+        {"input": photo(5), "edited": noise(105), "prompt": "w" * 51},
     ])
     code, got, err = _cli(capsys, "import", str(second), "--json")
     assert code == 0, err

@@ -13,30 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.photos import noise, photo, png
 from PIL import Image
 from sqlalchemy import select
 
 from common.cli import main
-
-SIDE = 96
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _photo(seed: int, side: int = SIDE) -> bytes:
-    """A distinct small photo: a crop of a real one, shifted by ``seed``, so every image differs."""
-    from skimage import data
-
-    im = Image.fromarray(data.astronaut()).crop((seed * 7, 0, seed * 7 + 300, 300)).resize((side, side))
-    return _png(np.asarray(im))
-
-
-def _noise(seed: int, side: int = SIDE) -> bytes:
-    return _png(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
 def _bomb() -> bytes:
@@ -91,21 +72,21 @@ def _parquet(path: Path, columns: dict[str, list[Any]], images: tuple[str, ...])
 
 def _good_rows() -> list[dict[str, Any]]:
     return [
-        {"input": _photo(1), "edited": _noise(101), "prompt": "make the jacket red",
-         "garments": [_photo(30)]},
-        {"input": _photo(2), "edited": _noise(102), "prompt": "relight the scene at dusk"},
-        {"input": _photo(3), "edited": _noise(103), "prompt": "x" * 3000},  # long unbroken prompt
+        {"input": photo(1), "edited": noise(101), "prompt": "make the jacket red",
+         "garments": [photo(30)]},
+        {"input": photo(2), "edited": noise(102), "prompt": "relight the scene at dusk"},
+        {"input": photo(3), "edited": noise(103), "prompt": "x" * 3000},  # long unbroken prompt
     ]
 
 
 def _bad_rows() -> list[dict[str, Any]]:
     return [
-        {"input": _photo(4), "edited": _noise(104)[:2000], "prompt": "truncated edit"},
-        {"input": _photo(5), "edited": _noise(105), "prompt": "   "},
-        {"input": _noise(6, side=20), "edited": _noise(106), "prompt": "too small input"},
-        {"input": _photo(7), "edited": _bomb(), "prompt": "bomb"},
-        {"edited": _noise(108), "input_name": "missing.png", "prompt": "input file missing"},
-        {"input": b"not an image at all", "edited": _noise(109), "prompt": "text file"},
+        {"input": photo(4), "edited": noise(104)[:2000], "prompt": "truncated edit"},
+        {"input": photo(5), "edited": noise(105), "prompt": "   "},
+        {"input": noise(6, side=20), "edited": noise(106), "prompt": "too small input"},
+        {"input": photo(7), "edited": _bomb(), "prompt": "bomb"},
+        {"edited": noise(108), "input_name": "missing.png", "prompt": "input file missing"},
+        {"input": b"not an image at all", "edited": noise(109), "prompt": "text file"},
     ]
 
 
@@ -159,12 +140,12 @@ def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
     # diffusers' InstructPix2Pix training data: input_image, edit_prompt, edited_image, in data/*.parquet;
     # a row naming a file outside the dataset is refused (a real image, but not the dataset's to give)
     outside = tmp_path / "outside.png"
-    outside.write_bytes(_photo(9))
+    outside.write_bytes(photo(9))
     ip2p = tmp_path / "ip2p"
     _parquet(ip2p / "data" / "train-00000-of-00001.parquet",
-             {"input_image": [_photo(10), _photo(11), str(outside)],
+             {"input_image": [photo(10), photo(11), str(outside)],
               "edit_prompt": ["turn it into a sketch", "add snow", "a file that is not the dataset's"],
-              "edited_image": [_noise(110), b"garbage", _noise(111)]}, images=("input_image", "edited_image"))
+              "edited_image": [noise(110), b"garbage", noise(111)]}, images=("input_image", "edited_image"))
     code, got, err = _cli(capsys, "import", str(ip2p), "--json")
     assert code == 0, err
     assert got["imported"] == 1 and [(r["row"], r["reason"].split(":")[0]) for r in got["rejected"]] == [
@@ -172,7 +153,7 @@ def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
 
     # an imagefolder whose metadata climbs out of its folder is refused whole, naming the file
     climbing = _imagefolder(tmp_path / "climbing", [
-        {"edited": _noise(113), "input_name": "../../outside.png", "prompt": "escape"}])
+        {"edited": noise(113), "input_name": "../../outside.png", "prompt": "escape"}])
     code, _, err = _cli(capsys, "import", str(climbing))
     assert code == 2 and "../../outside.png" in err and len(err.strip().splitlines()) == 1
 
@@ -183,7 +164,7 @@ def test_parquet_diffusers_layout_and_renamed_columns(db: Any, tmp_path: Path,
 
     # one parquet file with its own column names, renamed by flags
     other = _parquet(tmp_path / "mine.parquet",
-                     {"original": [_photo(12)], "instruction": ["make it night"], "result": [_noise(112)],
+                     {"original": [photo(12)], "instruction": ["make it night"], "result": [noise(112)],
                       "kind": ["enrich"]}, images=("original", "result"))
     code, err_out, err = _cli(capsys, "import", str(other), "--json")
     assert code == 2 and "no column 'input_image'" in err and "--input-column" in err
@@ -229,7 +210,7 @@ def _imported(db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> li
     from common.store.rows import Edit
 
     folder = _imagefolder(tmp_path / "pairs", _good_rows() + [
-        {"input": _photo(40), "edited": _noise(140), "prompt": "never scored"}])
+        {"input": photo(40), "edited": noise(140), "prompt": "never scored"}])
     code, got, err = _cli(capsys, "import", str(folder), "--json")
     assert code == 0 and got["imported"] == 4, err
     with db.session() as s:
@@ -403,13 +384,13 @@ def _real_photo_pairs(root: Path) -> Path:
         hopper = Image.open(fh).convert("RGB").resize((256, 300))
     relit = ImageEnhance.Brightness(astronaut).enhance(0.6)
 
-    def png(im: Image.Image) -> bytes:
-        return _png(np.asarray(im))
+    def encoded(im: Image.Image) -> bytes:
+        return png(np.asarray(im))
 
     return _imagefolder(root, [
-        {"input": png(astronaut), "edited": png(relit), "prompt": "relight her as at dusk"},
-        {"input": png(astronaut), "edited": png(hopper), "prompt": "give her a naval uniform"},
-        {"input": png(astronaut), "edited": _noise(7, side=256), "prompt": "paint it abstract"},
+        {"input": encoded(astronaut), "edited": encoded(relit), "prompt": "relight her as at dusk"},
+        {"input": encoded(astronaut), "edited": encoded(hopper), "prompt": "give her a naval uniform"},
+        {"input": encoded(astronaut), "edited": noise(7, side=256), "prompt": "paint it abstract"},
     ])
 
 

@@ -465,7 +465,7 @@ def test_unreachable_hosts_are_failures_with_a_reason_not_robots_blocks() -> Non
 def test_connection_failures_get_short_reasons() -> None:
     import requests
 
-    from worker_scrape.robots import connection_failure
+    from worker_scrape.reader import connection_failure
 
     dns = requests.ConnectionError("HTTPConnectionPool(host='shop.example'): Max retries exceeded "
                                    "(Caused by NameResolutionError(\"Failed to resolve 'shop.example'\"))")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from common.core.errors import ErrorKind, SynthpipeError, code_of, kind_of, rebuild
+from common.core.errors import ErrorKind, InputError, SynthpipeError, code_of, kind_of, rebuild
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,6 +46,30 @@ class VLOutput:
         if self.error is None:
             return None
         return rebuild(self.error_kind or ErrorKind.TRANSIENT, self.error, code=self.error_code, raw=self.raw_text)
+
+
+def check_images(item: VLItem, max_images: int, min_side: int) -> None:
+    """Refuse an item whose images a backend cannot send: 1 to ``max_images`` PIL images, each
+    side at least ``min_side`` px (an ``InputError`` naming the item and the image)."""
+    n = len(item.images)
+    if not 1 <= n <= max_images:
+        raise InputError(f"item {item.key}: has {n} images; send 1 to {max_images}")
+    for j, img in enumerate(item.images):
+        if not hasattr(img, "size") or not hasattr(img, "convert"):
+            raise InputError(f"item {item.key}: image {j} is not a PIL image")
+        if min(img.size) < min_side:
+            raise InputError(f"item {item.key}: image {j} is {img.size[0]}x{img.size[1]}; each side must "
+                             f"be at least {min_side} px")
+
+
+def usage_of(out: VLOutput, model: str) -> dict[str, Any]:
+    """``{"usage": {model, prompt_tokens, completion_tokens}}`` of an answer (nothing when no tokens
+    were spent), the model being the server's id when it was served, else ``model``: the job store
+    adds it to the run's totals (``common.store.usage``)."""
+    if not (out.prompt_tokens or out.completion_tokens):
+        return {}
+    return {"usage": {"model": out.served_model or model, "prompt_tokens": out.prompt_tokens,
+                      "completion_tokens": out.completion_tokens}}
 
 
 @runtime_checkable

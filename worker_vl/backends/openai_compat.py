@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.core.errors import ConfigError, InputError, ModelOutputError, TransientError
-from worker_vl.backends.base import VLItem, VLOutput
+from worker_vl.backends.base import VLItem, VLOutput, check_images
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +200,9 @@ class OpenAIVLBackend:
 
     def request_body(self, item: VLItem) -> dict[str, Any]:
         """The chat-completions request of one item (images as data URLs, schema as response_format)."""
-        n = len(item.images)
-        if not 1 <= n <= self.max_images:
-            raise InputError(f"item {item.key}: has {n} images; send 1 to {self.max_images}")
-        content: list[dict[str, Any]] = []
-        for j, img in enumerate(item.images):
-            if not hasattr(img, "size") or not hasattr(img, "save"):
-                raise InputError(f"item {item.key}: image {j} is not a PIL image")
-            if min(img.size) < self.min_image_side:
-                raise InputError(f"item {item.key}: image {j} is {img.size[0]}x{img.size[1]}; each side must "
-                                 f"be at least {self.min_image_side} px")
-            content.append({"type": "image_url", "image_url": {"url": data_url(img)}})
+        check_images(item, self.max_images, self.min_image_side)
+        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_url(img)}}
+                                         for img in item.images]
         content.append({"type": "text", "text": item.user_prompt})
         messages: list[dict[str, Any]] = []
         if item.system_prompt:

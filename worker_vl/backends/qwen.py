@@ -17,7 +17,7 @@ from typing import Any
 
 from common.core.errors import ConfigError, InputError, TransientError, model_load_error
 from common.runtime.devices import resolve_device
-from worker_vl.backends.base import VLItem, VLOutput
+from worker_vl.backends.base import VLItem, VLOutput, check_images
 from worker_vl.chat_template import find_chat_template
 
 logger = logging.getLogger(__name__)
@@ -226,19 +226,9 @@ class QwenVLBackend:
 
     def _encode(self, index: int, item: VLItem) -> _Encoded:
         """Validate one item and turn it into token ids and image patches."""
-        n = len(item.images)
-        if not 1 <= n <= self.max_images:
-            raise InputError(f"item {item.key}: has {n} images; send 1 to {self.max_images}")
-        images = []
-        for j, img in enumerate(item.images):
-            if not hasattr(img, "size") or not hasattr(img, "convert"):
-                raise InputError(f"item {item.key}: image {j} is not a PIL image")
-            if min(img.size) < self.min_image_side:
-                raise InputError(
-                    f"item {item.key}: image {j} is {img.size[0]}x{img.size[1]}; "
-                    f"each side must be at least {self.min_image_side} px"
-                )
-            images.append(img if img.mode == "RGB" else img.convert("RGB"))
+        check_images(item, self.max_images, self.min_image_side)
+        images = [img if img.mode == "RGB" else img.convert("RGB") for img in item.images]
+        n = len(images)
         grammar = None
         if item.json_schema is not None:
             grammar = self._compile(item)
