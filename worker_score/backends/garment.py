@@ -14,9 +14,9 @@ from typing import Any
 from PIL import Image
 
 from common.domain.scoring import ScoreItem
+from common.media.faces import Face, FaceModels
 from common.media.images import to_rgb
 from worker_score.backends.dino import DinoEmbedder
-from worker_score.backends.faces import Face, FaceModels
 
 
 def torso_box(size: tuple[int, int], face: Face | None) -> tuple[int, int, int, int]:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from common.domain.scoring import ScoreItem, ScoreOutput
+from common.media.faces import FaceModels
 from worker_score.backends.base import per_item
-from worker_score.backends.faces import FaceModels
 
 
 class IdentityScorer:

