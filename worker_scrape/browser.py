@@ -87,41 +87,143 @@ function step() {
 step();
 """
 
+_INTERACT_JS = """
+const [sel, action, max, budgetMs, done] = [arguments[0], arguments[1], arguments[2], arguments[3],
+                                            arguments[arguments.length - 1]];
+const seen = [];
+const keep = v => { if (v && seen.length < 2000) seen.push(v); };
+const watch = new MutationObserver(records => {
+  for (const r of records) {
+    if (r.type === 'attributes') keep(r.target.getAttribute(r.attributeName));
+    for (const n of r.addedNodes || []) {
+      if (n.nodeType !== 1) continue;
+      for (const el of [n, ...n.querySelectorAll('img, source, a[href]')]) {
+        for (const a of ['src', 'srcset', 'data-src', 'data-zoom-image', 'href']) keep(el.getAttribute && el.getAttribute(a));
+      }
+    }
+  }
+});
+watch.observe(document.documentElement, {subtree: true, childList: true, attributes: true,
+  attributeFilter: ['src', 'srcset', 'href', 'data-src', 'data-srcset', 'data-zoom-image', 'data-large']});
+const stay = e => { if (e.target.closest && e.target.closest('a[href]')) e.preventDefault(); };
+window.addEventListener('click', stay, true);  // a thumbnail's link must not take the tab away
+let els = [];
+try { els = Array.from(document.querySelectorAll(sel)).slice(0, max); } catch (e) { els = []; }
+const t0 = Date.now();
+const kinds = action === 'click' ? ['mouseover', 'mouseenter', 'mousedown', 'mouseup', 'click']
+                                 : ['mouseover', 'mouseenter', 'mousemove'];
+let i = 0;
+function finish() { watch.disconnect(); window.removeEventListener('click', stay, true); done([i, seen]); }
+function step() {
+  if (i >= els.length || Date.now() - t0 > budgetMs) { setTimeout(finish, 50); return; }
+  const el = els[i++];
+  for (const k of kinds) el.dispatchEvent(new MouseEvent(k, {bubbles: k !== 'mouseenter', cancelable: true, view: window}));
+  setTimeout(step, 50);
+}
+step();
+"""
+
 _EXTRACT_JS = """
 const css = arguments[0];
 const LAZY = ['data-src', 'data-lazy', 'data-lazy-src', 'data-original', 'data-original-src'];
 const LAZYSET = ['data-srcset', 'data-lazy-srcset'];
-const imgs = [];
+const IMAGEISH = /\\.(jpe?g|png|webp|avif|gif|bmp|tiff?)([?#,\\s]|$)|\\s\\d+(\\.\\d+)?[wx](\\s*,|\\s*$)/i;
+const IMAGE_FILE = /\\.(jpe?g|png|webp|avif|gif|bmp|tiff?)([?#]|$)/i;
+const LANDMARKS = 'nav, menu, [role="navigation"], [role="menu"], [role="menubar"], [role="banner"], '
+                  + '[role="contentinfo"]';
+const MENU_RE = /(^|[\\s_-])(menu|megamenu|mega-menu|navbar|navigation|nav|flyout|site-header|site-footer)($|[\\s_-])/i;
+function landmark(el) {
+  const lm = el.closest(LANDMARKS);
+  if (lm) return (lm.getAttribute('role') || lm.tagName).toLowerCase();
+  for (const tag of ['header', 'footer']) {  // the page's, not an article's (HTML landmarks)
+    const h = el.closest(tag);
+    if (h && !h.closest('article, main, section, [role="main"], aside')) return tag;
+  }
+  let e = el.parentElement;
+  for (let d = 0; e && d < 15; e = e.parentElement, d++) {
+    const c = (typeof e.className === 'string' ? e.className : '') + ' ' + (e.id || '');
+    if (MENU_RE.test(c)) return 'menu';
+  }
+  return null;
+}
+function box(el) { const r = el.getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; }
+// images never load here, so an <img>'s layout box is the broken-image icon or its alt text,
+// unless the page gave it a size (attributes or inline style): only then is it the rendered size
+function imgBox(img) {
+  const sized = (img.getAttribute('width') && img.getAttribute('height'))
+                || (img.style.width && img.style.height) || img.naturalWidth > 0;
+  return sized ? box(img) : null;
+}
+function visible(el) {
+  const st = getComputedStyle(el), r = el.getBoundingClientRect();
+  return st.display !== 'none' && st.visibility !== 'hidden' && parseFloat(st.opacity || '1') > 0
+         && r.width > 0 && r.height > 0;
+}
+function hint(el) {
+  return ((typeof el.className === 'string' ? el.className : '') + ' ' + (el.id || '') + ' '
+          + (el.getAttribute('alt') || '')).slice(0, 300);
+}
+const imgs = [], imgIndex = new Map();
 for (const img of document.querySelectorAll('img')) {
   const rec = {src: img.getAttribute('src'), srcset: img.getAttribute('srcset'),
-               lazy: [], lazysets: [], sources: []};
+               lazy: [], lazysets: [], sources: [], data: [],
+               width_attr: img.getAttribute('width'), height_attr: img.getAttribute('height'),
+               natural: [img.naturalWidth, img.naturalHeight], box: imgBox(img), visible: visible(img),
+               landmark: landmark(img), hint: hint(img)};
   for (const a of LAZY) { const v = img.getAttribute(a); if (v) rec.lazy.push(v); }
   for (const a of LAZYSET) { const v = img.getAttribute(a); if (v) rec.lazysets.push(v); }
+  for (const at of img.attributes) {
+    if (at.name.startsWith('data-') && !LAZY.includes(at.name) && !LAZYSET.includes(at.name)
+        && at.value.length < 4000 && IMAGEISH.test(at.value)) rec.data.push([at.name, at.value]);
+  }
   const pic = img.closest('picture');
   if (pic) for (const s of pic.querySelectorAll('source')) {
     const v = s.getAttribute('srcset') || s.getAttribute('data-srcset'); if (v) rec.sources.push(v);
   }
+  imgIndex.set(img, imgs.length);
   imgs.push(rec);
 }
 const singles = [];
 for (const m of document.querySelectorAll(
     'meta[property="og:image"], meta[name="twitter:image"], meta[itemprop="image"]')) {
-  if (m.content) singles.push(m.content);
+  if (m.content) singles.push({url: m.content, via: 'meta'});
 }
-for (const el of document.querySelectorAll('[data-bg], [data-background], [data-background-image]')) {
-  singles.push(el.getAttribute('data-bg') || el.getAttribute('data-background')
-               || el.getAttribute('data-background-image'));
-}
-if (css) {
-  const all = document.body ? document.body.querySelectorAll('*') : [];
-  for (let i = 0; i < all.length && i < 5000; i++) {
-    const bg = getComputedStyle(all[i]).backgroundImage;
-    if (bg && bg !== 'none') for (const m of bg.matchAll(/url\\(["']?([^"')]+)["']?\\)/g)) singles.push(m[1]);
+const all = document.body ? document.body.querySelectorAll('*') : [];
+const dataAttrs = [];
+for (let i = 0; i < all.length && i < 5000; i++) {
+  const el = all[i];
+  if (el.tagName === 'IMG' || el.tagName === 'SOURCE') continue;
+  for (const at of el.attributes) {
+    if (!at.name.startsWith('data-') || at.value.length >= 4000 || !IMAGEISH.test(at.value)) continue;
+    const via = ['data-bg', 'data-background', 'data-background-image'].includes(at.name) ? 'css' : 'data_attr';
+    dataAttrs.push({name: at.name, value: at.value, via: via, landmark: landmark(el), box: box(el),
+                    hint: hint(el)});
+  }
+  if (css) {
+    const bg = getComputedStyle(el).backgroundImage;
+    if (bg && bg !== 'none') for (const m of bg.matchAll(/url\\(["']?([^"')]+)["']?\\)/g)) {
+      singles.push({url: m[1], via: 'css', landmark: landmark(el), box: box(el), hint: hint(el)});
+    }
   }
 }
-const links = [];
+const links = [], anchors = [];
 for (const a of document.querySelectorAll('a[href], area[href]')) {
+  if (IMAGE_FILE.test(a.href)) {
+    const inner = a.querySelector('img');
+    anchors.push({url: a.href, img: inner ? imgIndex.get(inner) : -1, landmark: landmark(a), hint: hint(a)});
+    continue;
+  }
   if (!/\\bnofollow\\b/i.test(a.getAttribute('rel') || '')) links.push(a.href);
+}
+const imageSrc = Array.from(document.querySelectorAll('link[href]'))
+  .filter(l => /(^|\\s)image_src(\\s|$)/i.test(l.getAttribute('rel') || '')).map(l => l.href);
+const ldjson = [], state = [];
+let budget = 4000000;
+for (const s of document.querySelectorAll('script:not([src])')) {
+  const t = s.textContent || '';
+  if (t.length > budget) continue;
+  budget -= t.length;
+  ((s.type || '').toLowerCase() === 'application/ld+json' ? ldjson : state).push(t);
 }
 const metaRobots = Array.from(document.querySelectorAll('meta[name="robots" i]'))
   .map(m => (m.content || '').toLowerCase()).join(',');
@@ -129,7 +231,8 @@ let status = null;
 try { const nav = performance.getEntriesByType('navigation')[0];
       if (nav && nav.responseStatus) status = nav.responseStatus; } catch (e) {}
 return {url: location.href, base: document.baseURI, status: status, title: document.title,
-        imgs: imgs, singles: singles, links: links, meta_robots: metaRobots};
+        imgs: imgs, singles: singles, links: links, meta_robots: metaRobots, anchors: anchors,
+        data_attrs: dataAttrs, image_src: imageSrc, ldjson: ldjson, state: state};
 """
 
 
@@ -143,10 +246,23 @@ class RenderedPage:
     status: int | None
     title: str = ""
     imgs: list[dict[str, Any]] = field(default_factory=list)
-    singles: list[str] = field(default_factory=list)
+    singles: list[Any] = field(default_factory=list)  # meta tags and CSS backgrounds: {url, via, ...}
     links: list[str] = field(default_factory=list)
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # links to image files (zoom links)
+    data_attrs: list[dict[str, Any]] = field(default_factory=list)  # data-* attributes holding image URLs
+    image_src: list[str] = field(default_factory=list)  # <link rel=image_src>
+    ldjson: list[str] = field(default_factory=list)  # JSON-LD blocks, raw
+    state: list[str] = field(default_factory=list)  # other inline scripts (embedded state), raw
     meta_robots: str = ""
     blocked: list[BlockedRequest] = field(default_factory=list)  # off-site requests the guard stopped
+    interacted: list[str] = field(default_factory=list)  # URLs the page set while its thumbnails were hovered
+    interactions: int = 0  # elements hovered or clicked
+
+    def image_data(self) -> dict[str, Any]:
+        """What :func:`worker_scrape.extract.page_candidates` reads."""
+        return {"imgs": self.imgs, "singles": self.singles, "anchors": self.anchors, "data_attrs": self.data_attrs,
+                "image_src": self.image_src, "ldjson": self.ldjson, "state": self.state,
+                "interacted": self.interacted}
 
 
 PROFILE_PREFIX = "synthpipe-chromium-"
@@ -385,18 +501,21 @@ class Browser:
             return False
 
     # --- pages ----------------------------------------------------------------------
-    def render(self, url: str, before_load: Any = None, allow: Callable[[str], bool] | None = None) -> RenderedPage:
+    def render(self, url: str, before_load: Any = None, allow: Callable[[str], bool] | None = None,
+               interact: Any = None) -> RenderedPage:
         """Load ``url``, let scripts and lazy loaders run, and read images and links.
 
         ``before_load`` (a context manager factory, e.g. the politeness slot) wraps the whole
         render, so nothing else reaches the host meanwhile. ``allow`` decides which request URLs
-        may leave the browser (default: all). A dead browser is restarted and the page tried once more.
+        may leave the browser (default: all). ``interact`` (a site's :class:`~worker_scrape.sites.Interaction`)
+        hovers or clicks the gallery's thumbnails before reading. A dead browser is restarted and
+        the page tried once more.
         """
         for attempt in (1, 2):
             if self._driver is None:
                 self.start()
             try:
-                return self._render_once(url, before_load, allow or _allow_all)
+                return self._render_once(url, before_load, allow or _allow_all, interact)
             except TimeoutException:
                 with contextlib.suppress(*DEAD_ERRORS):
                     self.driver.execute_script("window.stop();")
@@ -417,13 +536,13 @@ class Browser:
                 self.restart(f"died on {url}: {reason}")
         raise AssertionError("unreachable")
 
-    def _render_once(self, url: str, before_load: Any, allow: Callable[[str], bool]) -> RenderedPage:
+    def _render_once(self, url: str, before_load: Any, allow: Callable[[str], bool], interact: Any) -> RenderedPage:
         if before_load is None:
-            return self._guarded(url, allow)
+            return self._guarded(url, allow, interact)
         with before_load():
-            return self._guarded(url, allow)
+            return self._guarded(url, allow, interact)
 
-    def _guarded(self, url: str, allow: Callable[[str], bool]) -> RenderedPage:
+    def _guarded(self, url: str, allow: Callable[[str], bool], interact: Any = None) -> RenderedPage:
         """Render with ``allow`` deciding what may leave the browser. Outside a render (the
         politeness slot) nothing may: a page's timers cannot reach its host between slots."""
         guard = self._guard
@@ -431,13 +550,13 @@ class Browser:
         guard.take_blocked()  # what the last page tried after its slot: stopped, not counted
         guard.allow(allow)
         try:
-            page = self._load_and_read(url)
+            page = self._load_and_read(url, interact)
             page.blocked = guard.take_blocked()
             return page
         finally:
             guard.allow(_block_all)
 
-    def _load_and_read(self, url: str) -> RenderedPage:
+    def _load_and_read(self, url: str, interact: Any = None) -> RenderedPage:
         driver = self.driver
         driver.get(url)
         deadline = time.monotonic() + min(5.0, self.config.page_timeout_s)
@@ -449,8 +568,15 @@ class Browser:
             driver.execute_async_script(_SCROLL_JS, self.config.scroll_steps, 60)
         if self.config.settle_s:
             time.sleep(self.config.settle_s)
+        interactions, interacted = 0, []
+        if interact is not None:
+            interactions, interacted = driver.execute_async_script(
+                _INTERACT_JS, interact.selector, interact.action, interact.max_elements,
+                int(1000 * min(interact.max_seconds, max(10.0, self.config.page_timeout_s) - 2)))
         data = driver.execute_script(_EXTRACT_JS, self.css_backgrounds)
         return RenderedPage(
+            interactions=int(interactions or 0),
+            interacted=[str(v) for v in interacted or [] if v],
             url=data["url"],
             base=data["base"] or data["url"],
             status=data.get("status"),
@@ -459,6 +585,11 @@ class Browser:
             singles=[s for s in data.get("singles") or [] if s],
             links=data.get("links") or [],
             meta_robots=data.get("meta_robots") or "",
+            anchors=data.get("anchors") or [],
+            data_attrs=data.get("data_attrs") or [],
+            image_src=data.get("image_src") or [],
+            ldjson=data.get("ldjson") or [],
+            state=data.get("state") or [],
         )
 
     def __enter__(self) -> Browser:

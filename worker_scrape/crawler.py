@@ -13,6 +13,7 @@ request outside the browser goes through the bounded reader (:mod:`worker_scrape
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -23,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
+from PIL import Image
 
-from common.core.settings import ScrapeSettings
+from common.core.settings import ImageSettings, ScrapeSettings
 from worker_scrape.browser import Browser
 from worker_scrape.crawlstate import (
     CrawlReport,
@@ -42,10 +44,17 @@ from worker_scrape.errors import (
     RedirectBlockedByRobots,
 )
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
-from worker_scrape.extract import page_image_urls
+from worker_scrape.extract import (
+    BANNER,
+    PLACEHOLDER,
+    SMALLER_VERSION,
+    group_versions,
+    page_candidates,
+)
 from worker_scrape.fetcher import Fetcher
 from worker_scrape.reader import mount_bounded
 from worker_scrape.robots import RobotsCache, SharedRobots
+from worker_scrape.roles import RoleDecision, RoleDetector, rule_role
 from worker_scrape.sitemaps import default_sitemap, read_sitemaps
 from worker_scrape.sites import Category, Site
 from worker_scrape.throttle import HostThrottle, RedisHostThrottle
@@ -82,10 +91,12 @@ class ImageCandidate:
     content_type: str = ""
     final_url: str = ""  # after same-site redirects
     found_via: str = "link"  # how the page (or, for image sitemaps, the image) was found
+    role_evidence: dict[str, Any] = field(default_factory=dict)  # how the role was decided
+    versions: tuple[dict[str, Any], ...] = ()  # the photo's renditions found with it (url, width, source)
 
 
 class ImageOutcome(NamedTuple):
-    """What ``on_image`` made of an image: a status (``registered``, ``duplicate``,
+    """What ``on_image`` made of an image: a status (``registered``, ``replaced``, ``duplicate``,
     ``near_duplicate``, ``rejected``) and, for a refusal, its reason code and message."""
 
     status: str
@@ -121,7 +132,8 @@ class Crawler:
 
     def __init__(self, config: ScrapeSettings, *, throttle: HostThrottle | None = None,
                  session: requests.Session | None = None, trap_limits: TrapLimits | None = None,
-                 reuse_browser: bool = True, redis: Redis | None = None, **browser_options: Any) -> None:
+                 reuse_browser: bool = True, redis: Redis | None = None, image_limits: ImageSettings | None = None,
+                 **browser_options: Any) -> None:
         self.config = config
         self.redis = redis
         self.throttle = throttle or (RedisHostThrottle(redis) if redis is not None else HostThrottle())
@@ -135,6 +147,7 @@ class Crawler:
                                   on_unreachable=config.robots_on_unreachable,
                                   shared=SharedRobots(redis) if redis is not None else None)
         self.fetcher = Fetcher(config, self.throttle, self.robots, self.session)
+        self.roles = RoleDetector(image_limits or ImageSettings())
         self._browser_options = browser_options
         self._idle_browsers: list[Browser] = []
         self._all_browsers: list[Browser] = []
@@ -277,6 +290,8 @@ class _SiteCrawl:
         self.rejections: Counter[str] = Counter(self.report.rejections)
         self.via: Counter[str] = Counter(self.report.pages_found_via)
         self.blocked_images: Counter[str] = Counter(self.report.images_blocked)
+        self.skipped_images: Counter[str] = Counter(self.report.images_skipped)
+        self.roles_by: Counter[str] = Counter(self.report.roles_by)
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> CrawlReport:
@@ -322,6 +337,8 @@ class _SiteCrawl:
         r.rejections = dict(self.rejections)
         r.pages_found_via = dict(self.via)
         r.images_blocked = dict(self.blocked_images)
+        r.images_skipped = dict(self.skipped_images)
+        r.roles_by = dict(self.roles_by)
 
     def _checkpoint(self) -> None:
         if self.on_checkpoint is None:
@@ -407,7 +424,8 @@ class _SiteCrawl:
         if not self.c.reuse_browser:
             self.browser.close()
         try:
-            page = self.browser.render(url, lambda: self.c.throttle.slot(host, delay), self._browser_may_request)
+            page = self.browser.render(url, lambda: self.c.throttle.slot(host, delay), self._browser_may_request,
+                                       interact=self.site.interact)
         except PageError as exc:
             self.report.pages_failed.append(PageFailure(url=url, code=exc.code, message=str(exc)))
             return
@@ -433,13 +451,20 @@ class _SiteCrawl:
         meta = page.meta_robots
         if "nofollow" not in meta and "none" not in meta and depth < self.site.max_depth:
             self._enqueue_links(page.links, page.base, depth + 1)
-        images: list[tuple[str, str]] = []
+        groups: list[dict[str, Any]] = []
         if "noimageindex" not in meta:
-            images = [(u, via) for u in page_image_urls(page.imgs, page.singles, page.base)]
-            limit = self.c.config.max_images_per_page
-            images = images[:limit] if limit else images
-        images += [(u, "image_sitemap") for u in self.state.sitemap_images.pop(url, [])]
-        self.state.pending_images = [[u, final, v] for u, v in images]
+            cfg = self.c.config
+            cands = page_candidates(page.image_data(), page.base,
+                                    keep_state_url=lambda u: is_same_site(u, self.browser_hosts))
+            found = group_versions(cands, max_aspect=cfg.banner_aspect, min_rendered=cfg.min_rendered_side)
+            if not cfg.skip_page_furniture:
+                for g in found:
+                    g.junk = None if g.junk != PLACEHOLDER else g.junk
+            limit = cfg.max_images_per_page
+            groups = [g.as_state() for g in (found[:limit] if limit else found)]
+        groups += [{"urls": [u], "vias": ["sitemap"]} for u in self.state.sitemap_images.pop(url, [])]
+        self.state.pending_images = [[g, final, "image_sitemap" if g["vias"] == ["sitemap"] else via]
+                                     for g in groups]
         self._checkpoint()  # the page is done from here: a resumed crawl never loads it again
 
     def _count_blocked(self, page_url: str, blocked: list[Any]) -> None:
@@ -482,29 +507,58 @@ class _SiteCrawl:
         """Download and register the current page's images (in the download pool), then checkpoint."""
         if not self.state.pending_images:
             return
-        todo = [(p[0], p[1], p[2]) for p in self.state.pending_images]
+        todo = [(p[0], p[1], p[2]) for p in self.state.pending_images]  # (group, page url, found_via)
         self.c._downloads.submit(self._take_images, todo).result()
         self.state.pending_images = []
         self._checkpoint()
 
-    def _take_images(self, todo: list[tuple[str, str, str]]) -> None:
-        for url, page_url, via in todo:
-            if url in self.seen_images:
+    def _take_images(self, todo: list[tuple[Any, str, str]]) -> None:
+        """Per photo (a group of versions, best first): skip furniture, then download the best
+        on-site version robots.txt allows (in Content-Length order when no width orders them),
+        falling back to the next when one fails; the versions not downloaded are counted."""
+        for group, page_url, via in todo:
+            if isinstance(group, str):  # a checkpoint written before versions were grouped
+                group = {"urls": [group], "vias": [""]}
+            urls = [u for u in group["urls"] if u not in self.seen_images]
+            if not urls:
                 continue
-            self.seen_images.add(url)
+            self.seen_images.update(urls)
             self.report.images_found += 1
-            if not is_same_site(url, self.browser_hosts):  # tracking pixels, ad networks: never requested
-                self.blocked_images[IMAGE_OFFSITE] += 1
+            onsite = [u for u in urls if is_same_site(u, self.browser_hosts)]
+            # tracking pixels, ad networks: never requested
+            self.blocked_images[IMAGE_OFFSITE] += len(urls) - len(onsite)
+            if not onsite:
                 continue
-            role = self.site.role_for(url, page_url)
-            if role is None:
+            if group.get("junk"):
+                self.skipped_images[group["junk"]] += 1
+                continue
+            if (rule := rule_role(self.site, onsite[0], page_url)) is None and not self.site.roles_from_image \
+                    and self.site.default_role is None:
                 self.report.images_skipped_no_role += 1
                 continue
-            if not self._allowed_by_robots(url, page_url):
-                continue
-            self._download(url, page_url, role, via)
+            allowed = [u for u in onsite if self._allowed_by_robots(u, page_url)]
+            if group.get("head") and len(allowed) > 1 and self.c.config.head_for_size:
+                allowed = self._by_content_length(allowed, page_url)
+            vias = dict(zip(group["urls"], group.get("vias") or [], strict=False))
+            widths = dict(zip(group["urls"], group.get("widths") or [], strict=False))
+            versions = tuple({"url": u, "width": widths.get(u), "source": vias.get(u)} for u in group["urls"])
+            for i, url in enumerate(allowed):
+                if self._download(url, page_url, rule, via, source=vias.get(url) or "", versions=versions):
+                    self.skipped_images[SMALLER_VERSION] += len(allowed) - i - 1
+                    break
 
-    def _download(self, url: str, page_url: str, role: str, via: str) -> None:
+    def _by_content_length(self, urls: list[str], page_url: str) -> list[str]:
+        """``urls`` ordered by the Content-Length their HEAD answers, largest first (stable; an
+        answer without one keeps its place after those with one)."""
+        sizes = {}
+        for u in urls[:6]:
+            self.report.head_requests += 1
+            sizes[u] = self.c.fetcher.content_length(u, delay_s=self.c.delay_for(u, self.site), referer=page_url)
+        return sorted(urls, key=lambda u: -(sizes.get(u) or -1))
+
+    def _download(self, url: str, page_url: str, rule: RoleDecision | None, via: str, *, source: str,
+                  versions: tuple[dict[str, Any], ...]) -> bool:
+        """Download and register one version; False when the download failed (try the next)."""
         try:
             got = self.c.fetcher.fetch_image(url, delay_s=self.c.delay_for(url, self.site),
                                              allowed_hosts=frozenset(self.redirect_hosts), referer=page_url)
@@ -514,14 +568,39 @@ class _SiteCrawl:
                 self.report.off_site_redirects.append(OffSiteRedirect(url=url, to=exc.target, kind="image"))
             elif isinstance(exc, RedirectBlockedByRobots):
                 self.report.robots_blocked.append(exc.target)
-            return
+            return False
         self.report.images_downloaded += 1
-        outcome = self.c.register(self.on_image, ImageCandidate(
-            image_url=url, page_url=page_url, role=role, data=got.data, site=self.site.name,
-            category=self.category, licence=self.site.licence, content_type=got.content_type,
-            final_url=got.final_url, found_via=via))
+        banner = self._banner_shape(got.data)
+        if banner is not None:
+            outcome = ImageOutcome("rejected", BANNER, banner)
+            decision = rule or RoleDecision(None, {})
+        else:
+            decision = rule or self.c.roles.decide(self.site, url, page_url, got.data)
+            outcome = self.c.register(self.on_image, ImageCandidate(
+                image_url=url, page_url=page_url, role=decision.role or "garment", data=got.data, site=self.site.name,
+                category=self.category, licence=self.site.licence, content_type=got.content_type,
+                final_url=got.final_url, found_via=via, role_evidence=decision.evidence,
+                versions=versions if len(versions) > 1 else ()))
         self.statuses[outcome.status] += 1
+        role_by = str(decision.evidence.get("by") or "")
+        if role_by and outcome.status == "registered":
+            self.roles_by[role_by] += 1
         if outcome.code:
             self.rejections[outcome.code] += 1
-        self.report.images.append(ImageRecord(url=url, page_url=page_url, role=role, status=outcome.status,
-                                              code=outcome.code, found_via=via))
+        self.report.images.append(ImageRecord(url=url, page_url=page_url, role=decision.role or "", status=outcome.status,
+                                              code=outcome.code, found_via=via, source=source,
+                                              versions=len(versions), role_by=role_by))
+        return True
+
+    def _banner_shape(self, data: bytes) -> str | None:
+        """A message when the downloaded image's header says it is a banner strip, else None."""
+        if not self.c.config.skip_page_furniture:
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Exception:  # not an image at all: registration refuses it with the loader's code
+            return None
+        if min(w, h) > 0 and max(w, h) / min(w, h) >= self.c.config.banner_aspect:
+            return f"{w}x{h} is a banner shape (aspect at least {self.c.config.banner_aspect})"
+        return None

@@ -35,9 +35,12 @@ class ImageRecord(BaseModel):
     url: str
     page_url: str
     role: str
-    status: str  # registered, duplicate, near_duplicate, rejected
+    status: str  # registered, replaced (a larger version of a stored photo), duplicate, near_duplicate, rejected
     code: str | None = None  # why, for a refusal
     found_via: str = "link"  # start, link, sitemap (the page's way in) or image_sitemap
+    source: str = ""  # where on the page the URL was: img, srcset, jsonld, state, anchor, data_attr ...
+    versions: int = 1  # renditions of the photo found on the page
+    role_by: str = ""  # site_rule, detector or default
 
 
 class SitemapReport(BaseModel):
@@ -63,6 +66,9 @@ class CrawlReport(BaseModel):
     images_failed: list[ImageFailure] = Field(default_factory=list)
     images_skipped_no_role: int = 0
     images_blocked: dict[str, int] = Field(default_factory=dict)  # never requested: reason code -> n
+    images_skipped: dict[str, int] = Field(default_factory=dict)  # furniture and smaller versions: code -> n
+    roles_by: dict[str, int] = Field(default_factory=dict)  # site_rule / detector / default -> images
+    head_requests: int = 0  # HEAD requests that ordered versions by Content-Length
     images_by_status: dict[str, int] = Field(default_factory=dict)
     rejections: dict[str, int] = Field(default_factory=dict)  # reason code -> n
     images: list[ImageRecord] = Field(default_factory=list)
@@ -95,7 +101,10 @@ class CrawlReport(BaseModel):
             "images_downloaded": self.images_downloaded,
             "images_failed": len(self.images_failed),
             "images_blocked": self.images_blocked,
+            "images_skipped": self.images_skipped,
             "images_by_status": self.images_by_status,
+            "rejections": self.rejections,
+            "roles_by": self.roles_by,
             "failures_by_code": self.failures_by_code(),
             "robots_blocked": len(self.robots_blocked),
             "off_site_redirects": len(self.off_site_redirects),
@@ -115,7 +124,9 @@ class CrawlState(BaseModel):
     frontier: list[list[Any]] = Field(default_factory=list)  # [url, depth, found_via]
     seen_pages: list[str] = Field(default_factory=list)
     seen_images: list[str] = Field(default_factory=list)
-    pending_images: list[list[str]] = Field(default_factory=list)  # [image url, page url, found_via]
+    # [group, page url, found_via]; group: {"urls": [...best first], "widths", "vias", "junk", "head"}
+    # (an older checkpoint's [image url, page url, found_via] reads as a group of one)
+    pending_images: list[list[Any]] = Field(default_factory=list)
     sitemap_images: dict[str, list[str]] = Field(default_factory=dict)  # page -> image-sitemap images
     sitemaps_read: bool = False
     page_loads: int = 0

@@ -14,6 +14,7 @@ import requests
 
 from common.core.settings import ScrapeSettings
 from worker_scrape.errors import (
+    FetchError,
     FetchRefused,
     HttpStatus,
     OffSiteRedirect,
@@ -93,6 +94,23 @@ class Fetcher:
                 raise OffSiteRedirect(target_host, target, url)
             current = target
         raise FetchRefused("too many redirects", url, code="fetch.too_many_redirects")
+
+    def content_length(self, url: str, *, delay_s: float = 0.0, referer: str | None = None) -> int | None:
+        """The ``Content-Length`` a HEAD request for ``url`` answers (one request, in the host's
+        politeness slot; no redirect followed), or None when there is none or it fails."""
+        headers = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8"}
+        if referer:
+            headers["Referer"] = referer
+        deadline = time.monotonic() + min(self.config.download_timeout_s, self.config.fetch_deadline_s)
+        try:
+            with self.throttle.slot(host_key(url), delay_s), open_url(
+                    self.session, url, deadline=deadline, read_timeout_s=self.config.download_timeout_s,
+                    headers=headers, method="HEAD") as resp:
+                declared = resp.headers.get("Content-Length", "")
+                ok = 200 <= resp.status < 300 and resp.headers.get("Content-Type", "").lower().startswith("image/")
+                return int(declared) if ok and declared.isdigit() else None
+        except FetchError:
+            return None
 
     def _request(
         self, url: str, deadline: float, referer: str | None

@@ -207,8 +207,9 @@ def open_url(
     read_timeout_s: float = 30.0,
     headers: Mapping[str, str] | None = None,
     allow_redirects: bool = False,
+    method: str = "GET",
 ) -> Iterator[BoundedResponse]:
-    """GET ``url`` and yield its answer once the headers are in; the body is read with
+    """GET (or ``method``) ``url`` and yield its answer once the headers are in; the body is read with
     :meth:`BoundedResponse.read`. Everything, connecting included, ends by ``deadline`` (a
     :func:`time.monotonic` value). Raises :class:`FetchTimeout` or :class:`FetchConnectionError`."""
     remaining = deadline - time.monotonic()
@@ -216,7 +217,7 @@ def open_url(
         raise FetchTimeout(url)
     with _Watchdog(deadline) as watchdog:
         try:
-            resp = session.get(url, headers=dict(headers or {}), stream=True, allow_redirects=allow_redirects,
+            resp = session.request(method, url, headers=dict(headers or {}), stream=True, allow_redirects=allow_redirects,
                                timeout=(min(CONNECT_TIMEOUT_S, remaining), min(read_timeout_s, remaining)))
         except _NETWORK_ERRORS as exc:
             raise _failure(exc, url, watchdog) from exc

@@ -83,7 +83,8 @@ class _ResidentCrawler:
         with self._lock:
             if self.crawler is None or config != self.config:
                 self._close_locked()
-                self.crawler = Crawler(config[0].model_copy(), redis=shared_redis(config[1], config[2]))
+                self.crawler = Crawler(config[0].model_copy(), redis=shared_redis(config[1], config[2]),
+                                       image_limits=settings.images.model_copy())
                 self.config = config
             return self.crawler
 
@@ -190,17 +191,17 @@ class _OnImage:
         provenance = Provenance(
             source_url=candidate.image_url, page_url=candidate.page_url, site=candidate.site,
             category=candidate.category, licence=candidate.licence, fetched_at=dt.datetime.now(dt.UTC),
-            found_via=candidate.found_via,
+            found_via=candidate.found_via, role_evidence=candidate.role_evidence or None,
+            versions=candidate.versions,
         )
         with self.ctx.db.session() as s:
             reg = register_image_bytes(
                 s, candidate.data, role=candidate.role, provenance=provenance, storage=self.ctx.storage,
                 limits=settings.images, phash_threshold=settings.scrape.phash_threshold,
-                colour_tolerance=settings.scrape.colour_tolerance,
+                colour_tolerance=settings.scrape.colour_tolerance, prefer_larger=True,
             )
             if reg.status == "registered" and reg.asset_id is not None:
                 run.registered.append(reg.asset_id)
                 if settings.pairing.auto_pair:  # same transaction: an asset is never left unpaired
                     pair_new_assets(s, settings, [reg.asset_id], seed=run.pair_seed + len(run.registered))
-        code = getattr(reg, "code", None) or ("image.rejected" if reg.status == "rejected" else None)
-        return ImageOutcome(reg.status, code, reg.reason or "")
+        return ImageOutcome(reg.status, reg.code, reg.reason or "")

@@ -73,6 +73,16 @@ class RoleRule(_Model):
     match: Regex
 
 
+class Interaction(_Model):
+    """Hover or click a gallery's thumbnails after load so a zoom viewer sets its large images'
+    URLs (read from the page as it changes); bounded in elements and seconds."""
+
+    selector: str = Field(min_length=1, max_length=500)  # CSS selector of the thumbnails
+    action: Literal["hover", "click"] = "hover"
+    max_elements: int = Field(default=20, ge=1, le=200)
+    max_seconds: float = Field(default=10.0, gt=0, le=60, allow_inf_nan=False)
+
+
 class Site(_Model):
     name: str = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -84,6 +94,8 @@ class Site(_Model):
     delay_s: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     roles: list[RoleRule] = Field(default_factory=list)
     default_role: Role | None = None
+    roles_from_image: bool = True  # no rule matched: a detected face makes a person photo, none a garment
+    interact: Interaction | None = None
     licence: str | None = None
     hosts: list[HostStr] = Field(default_factory=list)  # more hosts of the site (image/script CDNs), host[:port]
 
@@ -99,14 +111,20 @@ class Site(_Model):
     def role_res(self) -> list[tuple[Role, Matcher]]:
         return [(r.role, compile_rule(r.match)) for r in self.roles]
 
-    def role_for(self, image_url: str, page_url: str) -> Role | None:
-        """First rule matching the image URL; else first rule matching the page URL; else
-        ``default_role`` (None: the image is skipped)."""
-        for url in (image_url, page_url):
-            for role, rx in self.role_res:
+    def matching_rule(self, image_url: str, page_url: str) -> tuple[RoleRule, str] | None:
+        """The first rule matching the image URL, else the first matching the page URL, and
+        which of the two it matched (``image_url`` / ``page_url``); None when none does."""
+        for where, url in (("image_url", image_url), ("page_url", page_url)):
+            for rule, (_role, rx) in zip(self.roles, self.role_res, strict=True):
                 if rx.search(url):
-                    return role
-        return self.default_role
+                    return rule, where
+        return None
+
+    def role_for(self, image_url: str, page_url: str) -> Role | None:
+        """The role by the URL rules alone: the matching rule's, else ``default_role`` (None:
+        the image is skipped). :mod:`worker_scrape.roles` also looks at the image."""
+        found = self.matching_rule(image_url, page_url)
+        return found[0].role if found else self.default_role
 
 
 class Category(_Model):

@@ -275,6 +275,10 @@ class ScrapeSettings(Section):
     sitemap_max_urls: int = Field(5000, ge=0, description="page URLs taken from one site's sitemaps")
     sitemap_max_bytes: int = Field(50_000_000, ge=1, description="bytes read from one sitemap file (after gunzip)")
     sitemap_max_files: int = Field(20, ge=1, description="sitemap files (indexes included) read per site")
+    skip_page_furniture: bool = Field(True, description="leave behind images inside nav/header/footer/menu landmarks, logos and icons, banner shapes and tiny rendered images (each counted by reason code)")
+    banner_aspect: float = Field(3.0, gt=1, allow_inf_nan=False, description="an image this many times wider than tall (or taller than wide), as rendered, declared or downloaded, is a banner (image.banner_shape)")
+    min_rendered_side: int = Field(40, ge=0, description="an image rendered with both sides set and its longer side under this (CSS px) is an icon (image.tiny_rendered), unless a width is declared for it")
+    head_for_size: bool = Field(True, description="versions of one photo that no declared width orders are ordered by the Content-Length of a HEAD request (one per version, in the host's politeness slot)")
 
 
 class TrainSettings(Section):

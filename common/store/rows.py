@@ -86,6 +86,10 @@ class Asset(Base):
     licence: Mapped[str | None] = mapped_column(Text)
     fetched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     found_via: Mapped[str | None] = mapped_column(String(32))  # start | link | sitemap | image_sitemap
+    # how the role was decided: {"by": "site_rule" | "detector" | "default" | "given", ...evidence}
+    role_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # renditions of this photo the crawler met: [{url, width, height, sha256, kept}, ...] (0013)
+    versions: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     @validates("phash")

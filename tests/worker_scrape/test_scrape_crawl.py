@@ -91,7 +91,7 @@ def build_shop(main: SiteServer, other: SiteServer) -> None:
     r["/lookbook/"] = page(
         """
       <img src="/img/look-1x.jpg" srcset="/img/look-2x.jpg 2x, /img/look-3x.jpg 3x">
-      <div style="background-image: url('/img/bg.jpg'); width: 10px; height: 10px"></div>
+      <div style="background-image: url('/img/bg.jpg'); width: 300px; height: 400px"></div>
       <a href="/lookbook/model/page2">next</a>""",
         head='<meta property="og:image" content="/img/og.jpg">',
     )
