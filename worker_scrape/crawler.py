@@ -456,10 +456,11 @@ class _SiteCrawl:
             cfg = self.c.config
             cands = page_candidates(page.image_data(), page.base,
                                     keep_state_url=lambda u: is_same_site(u, self.browser_hosts))
-            found = group_versions(cands, max_aspect=cfg.banner_aspect, min_rendered=cfg.min_rendered_side)
+            found = group_versions(cands, max_aspect=cfg.banner_aspect, min_rendered=cfg.min_rendered_side,
+                                   max_state_photos=cfg.max_state_photos)
             if not cfg.skip_page_furniture:
                 for g in found:
-                    g.junk = None if g.junk != PLACEHOLDER else g.junk
+                    g.junk = g.junk if g.junk in (PLACEHOLDER, STATE_LIMIT) else None
             limit = cfg.max_images_per_page
             groups = [g.as_state() for g in (found[:limit] if limit else found)]
         groups += [{"urls": [u], "vias": ["sitemap"]} for u in self.state.sitemap_images.pop(url, [])]

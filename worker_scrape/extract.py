@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -270,6 +271,7 @@ BANNER = "image.banner_shape"
 TINY = "image.tiny_rendered"
 SMALLER_VERSION = "image.smaller_version"
 PLACEHOLDER = "image.placeholder"
+STATE_LIMIT = "image.state_limit"
 
 
 @dataclass
@@ -288,9 +290,9 @@ class Candidate:
     hint: str = ""  # class, id and alt text, lowercased
     order: int = 0  # position on the page
 
-    @property
+    @cached_property
     def size(self) -> SizeHint:
-        return url_size(self.url)
+        return url_size(self.url)  # the URL is final once the candidate is grouped
 
     @property
     def width(self) -> float | None:
@@ -499,11 +501,15 @@ def page_candidates(data: dict[str, Any], base: str, *, keep_state_url: Callable
     return list(out.values())
 
 
-def group_versions(cands: list[Candidate], *, max_aspect: float = 3.0, min_rendered: float = 40.0
-                   ) -> list[ImageGroup]:
+def group_versions(cands: list[Candidate], *, max_aspect: float = 3.0, min_rendered: float = 40.0,
+                   max_state_photos: int | None = None) -> list[ImageGroup]:
     """Group the candidates into photos (same element, or same :func:`version_key`), best version
-    first; the groups in page order of their first member, the largest photos first among
-    equals is left to the crawler."""
+    first, in page order of their first member.
+
+    A state script often names every image of the shop (recommendations, other colours, the
+    menu): its URLs join the photos the page shows as their versions freely, but photos named
+    *only* there are kept up to ``max_state_photos`` (the first ones; the rest are marked
+    ``image.state_limit``)."""
     parent = list(range(len(cands)))
 
     def find(i: int) -> int:
@@ -544,6 +550,10 @@ def group_versions(cands: list[Candidate], *, max_aspect: float = 3.0, min_rende
         junk = next((r for r in reasons if r != PLACEHOLDER), reasons[0]) if reasons and all(reasons) else None
         if junk == PLACEHOLDER and real:
             junk = None
+        if not seen and junk is None and max_state_photos is not None:
+            if max_state_photos <= 0:
+                junk = STATE_LIMIT
+            max_state_photos -= 1
         out.append(ImageGroup(members=members, junk=junk, needs_head=junk is None and _unordered(real)))
     return out
 

@@ -278,6 +278,7 @@ class ScrapeSettings(Section):
     skip_page_furniture: bool = Field(True, description="leave behind images inside nav/header/footer/menu landmarks, logos and icons, banner shapes and tiny rendered images (each counted by reason code)")
     banner_aspect: float = Field(3.0, gt=1, allow_inf_nan=False, description="an image this many times wider than tall (or taller than wide), as rendered, declared or downloaded, is a banner (image.banner_shape)")
     min_rendered_side: int = Field(40, ge=0, description="an image rendered with both sides set and its longer side under this (CSS px) is an icon (image.tiny_rendered), unless a width is declared for it")
+    max_state_photos: int = Field(20, ge=0, description="photos named only in a page's inline state scripts (not shown in its markup) taken per page; their URLs always count as versions of photos the page shows (image.state_limit beyond)")
     head_for_size: bool = Field(True, description="versions of one photo that no declared width orders are ordered by the Content-Length of a HEAD request (one per version, in the host's politeness slot)")
 
 

@@ -1,6 +1,8 @@
 """A run's summary: counts per stage and outcome, acceptance per recipe, site and category,
-decisions with their rejection reason codes per recipe, site and category, failures by reason code.
-Every figure is counted by the database (``GROUP BY``): memory does not grow with the store."""
+decisions with their rejection reason codes per recipe, site and category, failures by reason code,
+and what the crawls did with the images they found (refusals and skips by reason code).
+Every figure is counted by the database (``GROUP BY``), except the crawl counts, summed over the
+scrape jobs' reports read one at a time: memory does not grow with the store."""
 
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
             .group_by(Job.stage, Job.status, Job.error_type, Job.reason)
         ).all()
         messages = dict(s.execute(select(Job.id, Job.error_message).where(Job.id.in_([f[5] for f in failed]))).all())
+        out["crawl"] = _crawl(s)
     out["acceptance"] = {
         "by_recipe": _acceptance(vl, edits, lambda r: r[0]),
         "by_site": _acceptance(vl, edits, lambda r: r[1] or LOCAL),
@@ -80,6 +83,30 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
     if filtered is not None:
         out["filtered_out"] = filtered
     return out
+
+
+CRAWL_COUNTS = ("images_by_status", "rejections", "images_skipped", "images_blocked", "roles_by")
+
+
+def _crawl(s: Any) -> dict[str, Any]:
+    """What the crawls of this store did with the images they found, summed over the scrape jobs'
+    reports: images by outcome, refusals by the loader's reason code, images left behind by code
+    (furniture, smaller versions), never requested (off-site), roles by how they were decided, and
+    page and image failures by code. Reports are read one job at a time."""
+    out: dict[str, Counter[str]] = {key: Counter() for key in (*CRAWL_COUNTS, "failures_by_code")}
+    crawls = 0
+    query = (select(Job.result).where(Job.stage == "scrape", Job.status == "succeeded")
+             .execution_options(yield_per=50))
+    for (result,) in s.execute(query):
+        report = (result or {}).get("report") if isinstance(result, dict) else None
+        if not isinstance(report, dict):
+            continue
+        crawls += 1
+        for key in CRAWL_COUNTS:
+            out[key].update({k: int(v) for k, v in (report.get(key) or {}).items()})
+        for failure in (report.get("pages_failed") or []) + (report.get("images_failed") or []):
+            out["failures_by_code"][str(failure.get("code"))] += 1
+    return {"crawls": crawls, **{key: dict(sorted(counts.items())) for key, counts in out.items()}}
 
 
 def _acceptance(vl: Sequence[Any], edits: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:

@@ -134,6 +134,13 @@ def test_bench_crawl(user: UserStore) -> None:
 
 
 @pytest.mark.postgres
+def test_bench_shop_page(user: UserStore) -> None:
+    report = run_bench(user, "bench_shop_page.py", "--elements", "200", "--state-kb", "20", "--photos", "1")
+    (page,) = report["pages"]
+    assert page["elements"] == 200 and page["urls"] > page["kept"] > 0 and has_keys(page, "extract_ms", "group_ms")
+    assert report["detector_ms_per_photo"] > 0
+
+
 def test_bench_dedup(user: UserStore) -> None:
     report = run_bench(user, "bench_dedup.py", "--sizes", "200", "--lookups", "10", "--scan-lookups", "3",
                        "--pg-url", PG_ADMIN_URL)

@@ -234,3 +234,11 @@ categories:
     assert model.role == "person" and model.role_evidence["by"] == "detector" and model.role_evidence["faces"] >= 1
     assert flat.role == "garment" and flat.role_evidence == {**flat.role_evidence, "by": "detector", "faces": 0}
     assert report["roles_by"]["detector"] == len(want)
+
+    # the export's summary.json carries the same codes, summed over the store's crawls
+    from common.dataset.summary import summarise
+
+    crawl = summarise(get_database())["crawl"]
+    assert crawl["crawls"] == 1 and crawl["images_skipped"] == report["images_skipped"]
+    assert crawl["rejections"] == report["rejections"] == {"image.banner_shape": 1}
+    assert crawl["images_by_status"]["replaced"] == 3 and crawl["roles_by"] == {"detector": len(want)}

@@ -18,6 +18,7 @@ from worker_scrape.extract import (
     LOGO,
     NAVIGATION,
     PLACEHOLDER,
+    STATE_LIMIT,
     TINY,
     group_versions,
     page_candidates,
@@ -100,6 +101,16 @@ def test_jsonld_and_state_json_and_link_and_anchor_sources() -> None:
     zoom = next(g for g in groups if "https://shop.example/zoom/g.jpg" in g.urls)
     assert set(zoom.urls) == {"https://shop.example/zoom/g.jpg", "https://shop.example/thumbs/g.jpg"}
     assert zoom.needs_head  # neither declares a width: HEAD's Content-Length orders them
+
+
+def test_photos_named_only_in_state_scripts_are_bounded_but_join_the_pages_photos_freely() -> None:
+    state = "window.S=" + json.dumps({"all": [f"/st/p{i}.jpg" for i in range(50)] + ["/g/a.jpg?w=1800"]})
+    groups = group_versions(page_candidates({"state": [state], "imgs": [{"src": "/g/a.jpg?w=200"}]}, BASE),
+                            max_state_photos=3)
+    shown = next(g for g in groups if g.best.url.endswith("/g/a.jpg?w=1800"))
+    assert shown.junk is None and len(shown.members) == 2  # the state's 1800 px version of a shown photo
+    assert [g.junk for g in groups if g is not shown].count(None) == 3
+    assert [g.junk for g in groups if g is not shown].count(STATE_LIMIT) == 47
 
 
 def test_furniture_is_told_apart_by_landmark_name_shape_and_rendered_size() -> None:
