@@ -46,7 +46,6 @@ from worker_scrape.errors import (
 from worker_scrape.errors import OffSiteRedirect as OffSiteRedirectError
 from worker_scrape.extract import (
     BANNER,
-    PLACEHOLDER,
     SMALLER_VERSION,
     group_versions,
     page_candidates,
@@ -457,10 +456,7 @@ class _SiteCrawl:
             cands = page_candidates(page.image_data(), page.base,
                                     keep_state_url=lambda u: is_same_site(u, self.browser_hosts))
             found = group_versions(cands, max_aspect=cfg.banner_aspect, min_rendered=cfg.min_rendered_side,
-                                   max_state_photos=cfg.max_state_photos)
-            if not cfg.skip_page_furniture:
-                for g in found:
-                    g.junk = g.junk if g.junk in (PLACEHOLDER, STATE_LIMIT) else None
+                                   max_state_photos=cfg.max_state_photos, skip_furniture=cfg.skip_page_furniture)
             limit = cfg.max_images_per_page
             groups = [g.as_state() for g in (found[:limit] if limit else found)]
         groups += [{"urls": [u], "vias": ["sitemap"]} for u in self.state.sitemap_images.pop(url, [])]

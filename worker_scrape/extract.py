@@ -502,14 +502,15 @@ def page_candidates(data: dict[str, Any], base: str, *, keep_state_url: Callable
 
 
 def group_versions(cands: list[Candidate], *, max_aspect: float = 3.0, min_rendered: float = 40.0,
-                   max_state_photos: int | None = None) -> list[ImageGroup]:
+                   max_state_photos: int | None = None, skip_furniture: bool = True) -> list[ImageGroup]:
     """Group the candidates into photos (same element, or same :func:`version_key`), best version
     first, in page order of their first member.
 
     A state script often names every image of the shop (recommendations, other colours, the
     menu): its URLs join the photos the page shows as their versions freely, but photos named
     *only* there are kept up to ``max_state_photos`` (the first ones; the rest are marked
-    ``image.state_limit``)."""
+    ``image.state_limit``). With ``skip_furniture`` off only placeholders and that bound mark a
+    group (``scrape.skip_page_furniture``)."""
     parent = list(range(len(cands)))
 
     def find(i: int) -> int:
@@ -548,7 +549,7 @@ def group_versions(cands: list[Candidate], *, max_aspect: float = 3.0, min_rende
         reasons = [m.junk(max_aspect=max_aspect, min_rendered=min_rendered) for m in seen]
         real = [m for m in members if not m.placeholder]
         junk = next((r for r in reasons if r != PLACEHOLDER), reasons[0]) if reasons and all(reasons) else None
-        if junk == PLACEHOLDER and real:
+        if (junk == PLACEHOLDER and real) or (junk != PLACEHOLDER and not skip_furniture):
             junk = None
         if not seen and junk is None and max_state_photos is not None:
             if max_state_photos <= 0:

@@ -126,6 +126,9 @@ def test_furniture_is_told_apart_by_landmark_name_shape_and_rendered_size() -> N
     junk = {g.best.url.removeprefix("https://shop.example"): g.junk for g in _groups({"imgs": imgs})}
     assert junk == {"/m/teaser.jpg": NAVIGATION, "/brand/logo.svg.png": LOGO, "/x/y.jpg": LOGO,
                     "/promo/strip.jpg": BANNER, "/ui/dot.jpg": TINY, "/p/photo.jpg": None, "/p/thumb.jpg": None}
+    kept = {g.best.url.removeprefix("https://shop.example"): g.junk
+            for g in group_versions(page_candidates({"imgs": imgs}, BASE), skip_furniture=False)}
+    assert set(kept.values()) == {None}  # scrape.skip_page_furniture off: everything is taken
     # the same photo in the menu and in the page's content is content
     both = [{"src": "/p/a.jpg", "landmark": "nav"}, {"src": "/p/a.jpg"}]
     assert [g.junk for g in _groups({"imgs": both})] == [None]
