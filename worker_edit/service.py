@@ -1,14 +1,14 @@
 """The edit stage: analysis → edit model → stored image with its parameters and seed.
 
 ``process_batch`` is the stage function the local runner and the Celery worker both call.
-The backend is chosen per recipe (``edit.backend_tryon`` / ``edit.backend_enrich``), loaded
-once per process and kept resident. A job's seed comes from its key, so the same job gives the
-same image.
+The backend is the one a best-of-N candidate job names (``common.domain.editplan``), else the
+recipe's (``edit.backend_tryon`` / ``edit.backend_enrich``); each is loaded once per process and
+kept resident, and a batch runs one ``run_batch`` per backend. A job's seed comes from its key (or
+its payload), so the same job gives the same image.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from common.core.backends import EDIT_BACKENDS
 from common.core.backends import MULTI_IMAGE_EDIT_BACKENDS as MULTI_IMAGE_BACKENDS
 from common.core.errors import InputError, ModelOutputError
 from common.core.settings import Settings
 from common.domain.adapters import materialize, resolve_adapter
+from common.domain.editplan import backend_for, seed_for
 from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
 from common.domain.scorequeue import queue_score
 from common.runtime.overlap import GroupRun, grouped_phases
@@ -32,17 +34,6 @@ from worker_edit.backends.base import EditItem, EditOutput
 
 log = logging.getLogger(__name__)
 
-
-
-def seed_for(key: str) -> int:
-    """A stable 53-bit seed from a job key (exact in JSON, valid for torch)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 11
-
-
-def backend_for(recipe: str, settings: Settings) -> str:
-    edit = settings.edit
-    chosen = {"tryon": edit.backend_tryon, "enrich": edit.backend_enrich}.get(recipe)
-    return chosen or edit.backend
 
 
 def backend_options(name: str, settings: Settings) -> dict[str, Any]:
@@ -83,6 +74,7 @@ class _Prepared:
     adapter_id: int | None = None
     adapter_path: str | None = None
     adapter_sha256: str | None = None
+    candidate: int | None = None  # which of its analysis's best-of-N candidates
 
 
 #: the stage cut where the model call begins and ends (``common.runtime.overlap``): rows and photos are
@@ -107,7 +99,11 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
             raise InputError(f"edit job {job.key}: analysis {analysis_id} does not exist")
         view = read_item_set(s, analysis.item_set_id)
         prompt, negative = analysis.edit_prompt, analysis.negative_prompt
-        name = backend_for(view.recipe, ctx.settings)
+        # a best-of-N candidate names its backend; a plain edit takes its recipe's
+        name = str(job.payload.get("backend") or backend_for(view.recipe, ctx.settings))
+        if name not in EDIT_BACKENDS:
+            raise InputError(f"edit job {job.key} names the unknown backend {name!r}; allowed: "
+                             f"{', '.join(sorted(EDIT_BACKENDS))}", code="edit.unknown_backend")
         # a job may name its adapter (the flywheel's rounds do); else the setting decides
         adapter = resolve_adapter(s, "edit", str(job.payload.get("adapter") or ctx.settings.edit.adapter)) \
             if name == "instruct-pix2pix" else None
@@ -121,8 +117,9 @@ def _prepare(job: ClaimedJob, ctx: StageContext) -> _Prepared:
                     negative_prompt=negative or ctx.settings.edit.negative_prompt,
                     seed=int(job.payload.get("seed", seed_for(job.key))))
     path = str(materialize(adapter, ctx.storage, ctx.settings.data_dir)) if adapter is not None else None
+    candidate = job.payload.get("candidate")
     return _Prepared(job, view, int(analysis_id), name, item, adapter.id if adapter else None, path,
-                     adapter.sha256 if adapter else None)
+                     adapter.sha256 if adapter else None, None if candidate is None else int(candidate))
 
 
 def provenance(params: dict[str, Any], p: _Prepared) -> dict[str, Any]:
@@ -150,6 +147,7 @@ def _finish(p: _Prepared, out: EditOutput, run: GroupRun, ctx: StageContext) -> 
             job_id=job.id, analysis_id=p.analysis_id, item_set_id=p.item_set.id, backend=p.backend,
             model_id=str(params.get("model", "")), params=params, seed=p.item.seed, output_uri=stored.uri,
             output_sha256=stored.sha256, width=width, height=height, timings=timings, adapter_id=p.adapter_id,
+            candidate=p.candidate,
         )
         session.add(edit)
         session.flush()

@@ -7,7 +7,9 @@ between batches. Scores are written once per (edit, scorer), replacing that scor
 row; the decision is then made from *all* stored scores of the edit (``common.domain.decide``), so a
 rescore of one scorer keeps the others'. A scorer's error on one item is stored as that
 scorer's result (and decides ``score_failed``/``judge_failed``); a transient one (out of
-memory, say) sends the job back for another attempt instead.
+memory, say) sends the job back for another attempt instead. A best-of-N candidate's decision
+then applies its set's early-stop rule (``common.domain.editplan``) and selects the set's winner
+so far (``common.domain.selection``), in the same transaction.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from common.core.backends import SCORERS, vl_backend_options
 from common.core.errors import ErrorKind, ImageRejected, InputError, TransientError
 from common.core.settings import Settings
 from common.domain.decide import decide_edit
+from common.domain.editplan import after_decision, best_of_n_payload
 from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
 from common.domain.scoring import ScoreItem, ScoreOutput
+from common.domain.selection import select_for_analysis
 from common.media.images import load_image
 from common.runtime.resident import on_device
 from common.runtime.runner import StageContext
@@ -201,7 +205,16 @@ def _finish(p: _Prepared, outputs: dict[str, ScoreOutput], params: dict[str, dic
             row.job_id = job.id
             row.updated_at = now
         session.flush()
-        decide_edit(session, p.edit_id, settings)
+        decided = decide_edit(session, p.edit_id, settings)
+        edit = session.get(Edit, p.edit_id)
+        candidate = best_of_n_payload(session, edit) if decided is not None and edit is not None else None
+        if decided is None or edit is None or edit.analysis_id is None or candidate is None:
+            return
+        # a best-of-N candidate: its set's early stop rule (on the edit's own scoring, not a --rescore),
+        # then the set's winner so far
+        if "scorers" not in job.payload:
+            after_decision(session, edit, candidate, decided.decision, decided.margin)
+        select_for_analysis(session, edit.analysis_id, settings)
 
     result = {
         "edit_id": p.edit_id,

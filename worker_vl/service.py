@@ -19,6 +19,7 @@ from common.core.errors import ConfigError, InputError, ModelOutputError
 from common.core.prompts import render_for
 from common.core.settings import Settings
 from common.domain.adapters import materialize, resolve_adapter
+from common.domain.editplan import CandidateBudget, enqueue_candidates
 from common.domain.itemsets import ItemSetView, load_member_images, read_item_set
 from common.domain.schemas import (
     FEASIBILITY_RANK,
@@ -130,7 +131,7 @@ def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Ou
     timings = {"seconds": round(out.seconds, 4), "batch_seconds": round(batch_s, 4), "batch_size": batch_size,
                "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}
     gated = gate(analysis, settings)
-    write = _writer(p, out, analysis, timings, settings, enqueue_edit=gated is None)
+    write = _writer(p, out, analysis, timings, settings, enqueue_edit=gated is None, budget=ctx.candidate_budget)
     result = {"confidence": analysis.confidence, "feasibility": analysis.feasibility, **timings, **usage}
     if gated is not None:
         return Outcome.skip(gated[0], gated[1], result, write=write)
@@ -138,7 +139,7 @@ def _finish(p: _Prepared, out: VLOutput, run: GroupRun, ctx: StageContext) -> Ou
 
 
 def _writer(p: _Prepared, out: VLOutput, analysis: EditCore, timings: dict[str, Any], settings: Settings,
-            *, enqueue_edit: bool):  # -> Writer
+            *, enqueue_edit: bool, budget: CandidateBudget | None = None):  # -> Writer
     options = backend_options(settings)
     # the adapter by id and weights hash, never by the local folder it was read from
     params = {**options, "schema_version": SCHEMA_VERSION, "vl_adapter_id": p.adapter_id,
@@ -158,10 +159,16 @@ def _writer(p: _Prepared, out: VLOutput, analysis: EditCore, timings: dict[str, 
         )
         session.add(row)
         session.flush()
-        if enqueue_edit:
-            jobstore.enqueue(session, "edit", job.payload.get("edit_key") or f"edit:{p.item_set.key}",
-                             {"analysis_id": row.id, "item_set_id": p.item_set.id, "recipe": p.item_set.recipe,
-                              **(job.payload.get("edit_payload") or {})},
-                             item_set_id=p.item_set.id, parent_id=job.id)
+        if not enqueue_edit:
+            return
+        base = {"analysis_id": row.id, "item_set_id": p.item_set.id, "recipe": p.item_set.recipe,
+                **(job.payload.get("edit_payload") or {})}
+        if job.payload.get("edit_key"):  # a job that names its edit (the flywheel's rounds): that one alone
+            jobstore.enqueue(session, "edit", job.payload["edit_key"], base, item_set_id=p.item_set.id,
+                             parent_id=job.id)
+            return
+        # best-of-N: edit.candidates candidate edits (one, with today's key, by default)
+        enqueue_candidates(session, set_key=f"edit:{p.item_set.key}", base=base, recipe=p.item_set.recipe,
+                           item_set_id=p.item_set.id, parent_id=job.id, settings=settings, budget=budget)
 
     return write

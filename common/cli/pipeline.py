@@ -32,6 +32,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from common.core import stages
     from common.runtime.runner import run_all
+    from common.store.rows import utcnow
 
     ctx = context()
     if args.concurrency is not None:
@@ -39,10 +40,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.overlap:
         ctx.settings.jobs.overlap = True
     chosen = stages.names() if args.stage == "all" else (args.stage,)
+    started = utcnow()
     results = run_all(ctx, chosen)
-    summary = {s: {"claimed": r.claimed, **r.by_status} for s, r in results.items()}
+    summary: dict[str, Any] = {s: {"claimed": r.claimed, **r.by_status} for s, r in results.items()}
+    best = _best_of_n(ctx, started, summary.get("edit"))
+    if best is not None:
+        summary["best_of_n"] = best
     emit(args, summary, "\n".join(f"{s}: {json.dumps(v)}" for s, v in summary.items()))
     return 0
+
+
+def _best_of_n(ctx: Any, started: Any, edit: dict[str, int] | None) -> dict[str, Any] | None:
+    """The run's best-of-N figures (sets selected during it), when it asked for candidates or
+    selected a set of several; None otherwise."""
+    from sqlalchemy import func, select
+
+    from common.domain.editplan import EARLY_STOP
+    from common.domain.selection import summary
+    from common.store.rows import Job
+
+    with ctx.db.session() as s:
+        best = summary(s, since=started)
+        asked = ctx.settings.edit.candidates > 1 or ctx.settings.edit.ensemble
+        if not best["sets"] or not (asked or best["candidates_expected"] > best["sets"]):
+            return None
+        stopped = s.scalar(select(func.count()).where(Job.reason == EARLY_STOP, Job.stage == "edit",
+                                                      Job.finished_at >= started)) or 0
+    budget = ctx.candidate_budget
+    return {"candidates_made": (edit or {}).get("succeeded", 0), **best, "early_stopped": int(stopped),
+            "extra_candidates_planned": budget.used if budget is not None else None}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -42,16 +42,26 @@ def _redecide(ctx: Any, chunk: int | None) -> dict[str, Any]:
         return redecide_all(ctx.db, ctx.settings, chunk=chunk or REDECIDE_CHUNK, on_chunk=shown.update).as_dict()
 
 
+def _reselect(ctx: Any) -> dict[str, Any]:
+    """Best-of-N: every set's winner selected again from the new decisions (no model)."""
+    from common.domain.selection import reselect_all
+
+    return reselect_all(ctx.db, ctx.settings).as_dict()
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     ctx = context()
     if args.redecide:
         if args.scorers:
             raise InputError("--scorers goes with --rescore; --redecide runs no scorer")
         decided = _redecide(ctx, args.chunk)
+        selected = decided["reselected"] = _reselect(ctx)
         emit(args, decided, "\n".join([
             f"re-decided {decided['decided']} edits from stored scores ({decided['changed']} changed): "
             f"{decided['accepted']} accepted, {decided['rejected']} rejected",
             *(f"  {code}: {n}" for code, n in decided["reasons"].items()),
+            *([f"re-selected {selected['sets']} best-of-N sets ({selected['changed']} winners changed)"]
+              if selected["sets"] else []),
         ]))
         return 0
     if args.chunk is not None:

@@ -22,6 +22,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if stage.batch_size_setting is None:
             raise InputError(f"--batch-size does not apply to {stage.name} workers (one job per batch)")
         os.environ["SYNTHPIPE_" + stage.batch_size_setting.upper().replace(".", "__")] = str(args.batch_size)
+    if args.backends:
+        if stage.lanes_setting is None or stage.lane_field != "backend":
+            raise InputError(f"--backends does not apply to {stage.name} workers (only edit jobs name a backend)")
+        os.environ["SYNTHPIPE_" + stage.lanes_setting.upper().replace(".", "__")] = args.backends
     if args.overlap:
         if stage.phases is None:
             raise InputError(f"--overlap does not apply to {stage.name} workers (the stage has no model phases)")
@@ -56,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         serve_worker(stage.name, args.metrics_port, settings, pool=pool)
     card = f"gpu{args.gpu}" if args.gpu is not None else "cpu"
     app.worker_main([
-        "worker", "--queues", stage.queue, "--concurrency", str(args.concurrency), "--pool", pool,
+        "worker", "--queues", ",".join(stage.queues(settings)), "--concurrency", str(args.concurrency), "--pool", pool,
         "--hostname", f"{stage.name}-{card}-{os.getpid()}@%h", "--loglevel", args.loglevel, "--task-events",
         "--without-mingle", "--without-gossip",
     ])
@@ -105,6 +109,9 @@ def register(sub: Any) -> None:
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], default=None,
                    help="default: solo for concurrency 1 (the model lives in the worker process), else the stage's "
                         "pool (threads for scrape, whose threads share per-host politeness; prefork otherwise)")
+    p.add_argument("--backends", default=None,
+                   help="edit workers: serve only these backends, comma-separated (their queues edit.<backend>, and only "
+                        "jobs that name one: best-of-N candidates); default: every edit job (edit.serve_backends)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve this worker's Prometheus metrics on metrics.address:PORT (summed over its processes)")
     p.add_argument("--loglevel", default="INFO")

@@ -202,6 +202,12 @@ class EditSettings(Section):
     negative_prompt: str | None = Field(None, description="negative prompt for every edit")
     adapter: str = Field("none", description="LoRA adapter of the InstructPix2Pix UNet: an adapter id, latest (newest edit adapter) or none")
     plus_adapter: str = Field("none", description="LoRA adapter of the Qwen-Image-Edit Plus transformer (train edit-plus): an adapter id, latest (newest edit-plus adapter) or none")
+    candidates: int = Field(1, ge=1, le=32, description="best-of-N: candidate edits per analysed set, each its own edit job with its own key, seed and backend; the selection step keeps the best (default: 1, or the ensemble's length when edit.ensemble is set)")
+    ensemble: CommaList = Field([], description="best-of-N: edit backends the candidates take in turn (candidate k uses entry k mod length), comma-separated; empty: every candidate uses the recipe's backend with its own seed")
+    select_by: str = Field("judge.judge_overall", description="best-of-N: the metric (scorer.metric; a leading - when lower is better) that ranks candidates after acceptance, ties broken by margin; margin ranks by margin alone")
+    early_stop_margin: float | None = Field(None, ge=0, description="best-of-N: make candidate 0 first and stop making a set's candidates once one is accepted with a margin at least this (0-1 scale; queued siblings are cancelled as edit.early_stop); unset: all N are made at once")
+    serve_backends: CommaList = Field([], description="the backends this process's edit stage serves (synthpipe worker edit --backends): a worker then consumes only their queues (edit.<backend>) and claims only jobs that name one of them; empty: every edit job")
+    candidates_max_per_run: int | None = Field(None, ge=0, description="best-of-N: most extra candidates (beyond each set's first) one producer process plans: one `synthpipe run`, or one vl worker process from its start; sets past it get one candidate; unset: no bound")
 
     @field_validator("adapter", "kontext_adapter", "plus_adapter")
     @classmethod
@@ -213,6 +219,35 @@ class EditSettings(Section):
     def _known_backend(cls, value: str | None) -> str | None:
 
         return None if value is None else _check_name(value, EDIT_BACKENDS, "edit backend")
+
+    @field_validator("ensemble", "serve_backends")
+    @classmethod
+    def _known_ensemble(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in EDIT_BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown edit backend(s) {', '.join(unknown)}; allowed: {', '.join(sorted(EDIT_BACKENDS))}")
+        return value
+
+    @field_validator("select_by")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value == "margin":
+            return value
+        scorer, dot, metric = value.removeprefix("-").partition(".")
+        if not dot or not metric or scorer not in SCORERS:
+            raise ValueError(f"must be margin or scorer.metric (a leading - when lower is better), scorer one of "
+                             f"{', '.join(sorted(SCORERS))}, e.g. judge.judge_overall or -identity.identity_distance")
+        return value
+
+    @model_validator(mode="after")
+    def _candidates_default_to_the_ensemble(self) -> EditSettings:
+        if self.ensemble and "candidates" not in self.model_fields_set:
+            object.__setattr__(self, "candidates", len(self.ensemble))
+        return self
+
+    def backends_used(self) -> set[str]:
+        """Every edit backend these settings can send an edit to (both recipes and the ensemble)."""
+        return {self.backend_tryon or self.backend, self.backend_enrich or self.backend, *self.ensemble}
 
     @field_validator("scheduler")
     @classmethod
@@ -484,12 +519,14 @@ class Settings(BaseSettings):
         if self.celery.soft_time_limit_s >= self.celery.time_limit_s:
             raise ValueError("celery.soft_time_limit_s must be below celery.time_limit_s")
         plus = "qwen-image-edit-plus"
-        if plus in (self.edit.backend, self.edit.backend_tryon) and self.pairing.max_garments > 2:
+        if plus in (self.edit.backend, self.edit.backend_tryon, *self.edit.ensemble) and self.pairing.max_garments > 2:
             raise ValueError(f"edit backend {plus} takes at most 2 garment photos besides the person: "
                              "set pairing.max_garments (SYNTHPIPE_PAIRING__MAX_GARMENTS) to 1 or 2")
 
-        used = {self.edit.backend_tryon or self.edit.backend, self.edit.backend_enrich or self.edit.backend}
-        p2p_used = "instruct-pix2pix" in used
+        if self.edit.candidates < len(self.edit.ensemble):
+            raise ValueError(f"edit.candidates (SYNTHPIPE_EDIT__CANDIDATES) is {self.edit.candidates}, fewer than the "
+                             f"{len(self.edit.ensemble)} backends of edit.ensemble: raise it, or shorten the ensemble")
+        p2p_used = "instruct-pix2pix" in self.edit.backends_used()
         if p2p_used and self.edit.steps < MIN_STEPS.get(self.edit.scheduler, 1):
             raise ValueError(f"edit.steps (SYNTHPIPE_EDIT__STEPS) must be at least {MIN_STEPS[self.edit.scheduler]} "
                              f"with edit.scheduler {self.edit.scheduler}")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from common.core.backends import EDIT_BACKENDS
 from common.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,10 +48,35 @@ class Stage:
     help: str = ""
     #: ``"module:attribute"`` of a ``common.runtime.overlap.Phases`` (prepare/run/finish) for overlapped batches
     phases: str | None = None
+    #: a payload field that splits the stage's queue into lanes (the edit stage's ``backend``): a job
+    #: naming a lane goes to the queue ``<stage>.<lane>``, so workers may serve some lanes only
+    lane_field: str | None = None
+    #: every lane there is (each gets its queue)
+    lanes: tuple[str, ...] = ()
+    #: dotted path of the setting naming the lanes this process serves (empty: all of them)
+    lanes_setting: str | None = None
 
     @property
     def queue(self) -> str:
         return self.name
+
+    def lane_queue(self, lane: str) -> str:
+        """The queue of ``lane``'s jobs."""
+        return f"{self.name}.{lane}"
+
+    def served_lanes(self, settings: Settings) -> tuple[str, ...]:
+        """The lanes a process with ``settings`` serves; empty: every job of the stage."""
+        if self.lanes_setting is None:
+            return ()
+        return tuple(operator.attrgetter(self.lanes_setting)(settings))
+
+    def queues(self, settings: Settings) -> list[str]:
+        """The queues a worker of this stage consumes: its lanes' only when it serves some, else
+        the stage's own queue and every lane's."""
+        served = self.served_lanes(settings)
+        if served:
+            return [self.lane_queue(lane) for lane in served]
+        return [self.queue, *(self.lane_queue(lane) for lane in self.lanes)]
 
     def batch_function(self) -> Callable[..., Any]:
         return _resolve(self.batch)
@@ -121,7 +147,8 @@ register(Stage("vl", "worker_vl.service:process_batch", "vl.analyze", "worker_vl
                help="vision-language analyses of item sets", phases="worker_vl.service:PHASES"))
 register(Stage("edit", "worker_edit.service:process_batch", "edit.apply", "worker_edit.tasks",
                batch_size_setting="edit.batch_size", holds_model=True, order=30,
-               help="diffusion edits of analysed item sets", phases="worker_edit.service:PHASES"))
+               help="diffusion edits of analysed item sets", phases="worker_edit.service:PHASES",
+               lane_field="backend", lanes=tuple(EDIT_BACKENDS), lanes_setting="edit.serve_backends"))
 register(Stage("score", "worker_score.service:process_batch", "score.evaluate", "worker_score.tasks",
                batch_size_setting="score.batch_size", holds_model=True, order=40,
                help="scores and accept/reject decisions of edits"))

@@ -33,7 +33,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # rediss://: certificates always checked, against celery.broker_ca_file when set; the
         # producers, workers (and their sweepers) and Flower all connect through this app
         "broker_use_ssl": broker_ssl_options(settings.broker_url or "", c.broker_ca_file),
-        "task_queues": [Queue(s.queue, EXCHANGE, routing_key=s.queue, durable=True) for s in registered],
+        # every stage's queue, and one per lane of a stage that routes by lane (edit: per backend)
+        "task_queues": [Queue(q, EXCHANGE, routing_key=q, durable=True)
+                        for s in registered for q in (s.queue, *(s.lane_queue(lane) for lane in s.lanes))],
         "task_routes": {s.task_name: {"queue": s.queue, "exchange": EXCHANGE.name, "routing_key": s.queue}
                         for s in registered},
         "task_default_exchange": EXCHANGE.name,

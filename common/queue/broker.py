@@ -29,8 +29,9 @@ class BrokerQueues:
             channel = self._broker.default_channel
             client = channel.client
             out = {}
-            for stage in stages.all_stages():
-                keys = {channel._q_for_pri(stage.queue, pri) for pri in channel.priority_steps}
+            for stage in stages.all_stages():  # a stage's lanes (edit.<backend>) count as its queue
+                names = (stage.queue, *(stage.lane_queue(lane) for lane in stage.lanes))
+                keys = {channel._q_for_pri(q, pri) for q in names for pri in channel.priority_steps}
                 out[stage.queue] = int(sum(client.llen(k) for k in keys))
             return out
 

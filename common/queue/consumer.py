@@ -52,7 +52,8 @@ def run_job(stage: str, job_id: int) -> dict[str, Any]:
     ctx = worker_context()
     size = stages.get(stage).batch_size(ctx.settings)
     started = time.perf_counter()
-    claimed = jobstore.claim(ctx.db, stage, size, worker=ctx.worker, ids=[job_id])
+    claimed = jobstore.claim(ctx.db, stage, size, worker=ctx.worker, ids=[job_id],
+                             lanes=stages.get(stage).served_lanes(ctx.settings))
     if not claimed:
         log.info("%s job %s: nothing to claim (done, held elsewhere, or backing off)", stage, job_id)
         return {"job_id": job_id, "claimed": 0}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from common.core.errors import ConfigError
 from common.core.extras import missing_extra
 from common.core.settings import Settings
+from common.domain.editplan import CandidateBudget
 from common.observability import metrics
 from common.store import jobs as jobstore
 from common.store.db import Database
@@ -37,9 +38,14 @@ class StageContext:
     db: Database
     storage: Storage
     worker: str = field(default_factory=jobstore.default_worker_id)
+    #: the extra best-of-N candidates this process may still plan (``edit.candidates_max_per_run``):
+    #: one context is one run (``synthpipe run``, or a worker process)
+    candidate_budget: CandidateBudget | None = None
 
     def __post_init__(self) -> None:
         self.db.jobs = self.settings.jobs  # the job store works with this context's settings
+        if self.candidate_budget is None:
+            self.candidate_budget = CandidateBudget(self.settings.edit.candidates_max_per_run)
 
 
 @dataclass

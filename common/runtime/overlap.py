@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.core import stages
 from common.core.errors import ConfigError
 from common.runtime.context import (
     Heartbeat,
@@ -203,7 +204,8 @@ class _OverlappedRun:
             return []
         jobstore.requeue_expired(self.ctx.db, self.stage)
         n = self.batch_size if self.max_jobs is None else min(self.batch_size, self.max_jobs - claimed_so_far)
-        return jobstore.claim(self.ctx.db, self.stage, n, worker=self.ctx.worker)
+        return jobstore.claim(self.ctx.db, self.stage, n, worker=self.ctx.worker,
+                              lanes=stages.get(self.stage).served_lanes(self.ctx.settings))
 
     def producer(self) -> None:
         claimed_so_far = 0

@@ -88,7 +88,8 @@ def run_stage(
         while max_jobs is None or total.claimed < max_jobs:
             jobstore.requeue_expired(ctx.db, stage)
             n = size if max_jobs is None else min(size, max_jobs - total.claimed)
-            claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker)
+            claimed = jobstore.claim(ctx.db, stage, n, worker=ctx.worker,
+                                     lanes=stages.get(stage).served_lanes(ctx.settings))
             if not claimed:
                 if wait_for_backoff and _wait_for_backoff(ctx.db, stage):
                     continue

@@ -154,23 +154,38 @@ def claim(
     worker: str | None = None,
     lease_s: float | None = None,
     ids: Sequence[int] | None = None,
+    lanes: Sequence[str] | None = None,
 ) -> list[ClaimedJob]:
     """Take up to ``n`` queued jobs of ``stage``; each job goes to exactly one claimer.
 
     With ``ids``, those jobs are preferred (a Celery message names its job); the rest of the
-    batch is filled from the queue in id order.
+    batch is filled from the queue in id order. With ``lanes`` (a stage that routes by a payload
+    field, :attr:`common.core.stages.Stage.lane_field`: the edit stage by backend), only jobs
+    whose payload names one of them are taken.
     """
     if n <= 0:
         return []
     if lease_s is None:
         lease_s = db.jobs.lease_s
     worker = worker or default_worker_id()
+    lane = _lane_condition(stage, lanes)
     claimed: list[ClaimedJob] = []
     if ids:
-        claimed += _claim_where(db, stage, n, worker, lease_s, Job.id.in_(list(ids)))
+        named = Job.id.in_(list(ids))
+        claimed += _claim_where(db, stage, n, worker, lease_s, named if lane is None else and_(named, lane))
     if len(claimed) < n:
-        claimed += _claim_where(db, stage, n - len(claimed), worker, lease_s, None)
+        claimed += _claim_where(db, stage, n - len(claimed), worker, lease_s, lane)
     return sorted(claimed, key=lambda j: j.id)
+
+
+def _lane_condition(stage: str, lanes: Sequence[str] | None) -> Any:
+    """Jobs of ``stage`` whose payload names one of ``lanes`` (None: every job)."""
+    if not lanes:
+        return None
+    field_name = stages.get(stage).lane_field
+    if field_name is None:
+        raise InputError(f"the {stage} stage does not route by lane; it takes no lanes ({', '.join(lanes)})")
+    return Job.payload[field_name].as_string().in_(list(lanes))
 
 
 def claim_pick(stage: str, n: int, now: dt.datetime, extra: Any = None) -> Any:
@@ -420,22 +435,35 @@ def list_jobs(db: Database, *, stage: str | None = None, statuses: Sequence[str]
 def _change(db: Database, action: str, to_status: str, conditions: list[Any], actor: str | None,
             extra: dict[str, Any]) -> list[int]:
     """Move every job matching ``conditions`` to ``to_status`` and record a ``JobEvent`` each."""
+    with db.session() as s:
+        return _change_in(s, action, to_status, conditions, actor, extra)
 
+
+def _change_in(s: Session, action: str, to_status: str, conditions: list[Any], actor: str | None,
+               extra: dict[str, Any]) -> list[int]:
+    """:func:`_change` in the caller's transaction."""
     actor = actor or f"{os.environ.get('USER', 'user')}@{socket.gethostname()}"
     now = utcnow()
-    with db.session() as s:
-        rows = s.execute(select(Job.id, Job.status).where(*conditions).with_for_update()).all()
-        ids = [r[0] for r in rows]
-        if not ids:
-            return []
-        s.execute(update(Job).where(Job.id.in_(ids), *conditions).values(status=to_status, updated_at=now, **extra),
-                  execution_options={"synchronize_session": False})
-        for job_id, before in rows:
-            s.add(JobEvent(job_id=job_id, action=action, from_status=before, to_status=to_status, actor=actor,
-                           created_at=now))
-        if to_status == "queued":
-            s.info.setdefault("enqueued", []).extend(ids)  # distributed mode sends their messages
+    rows = s.execute(select(Job.id, Job.status).where(*conditions).with_for_update()).all()
+    ids = [r[0] for r in rows]
+    if not ids:
+        return []
+    s.execute(update(Job).where(Job.id.in_(ids), *conditions).values(status=to_status, updated_at=now, **extra),
+              execution_options={"synchronize_session": False})
+    for job_id, before in rows:
+        s.add(JobEvent(job_id=job_id, action=action, from_status=before, to_status=to_status, actor=actor,
+                       created_at=now))
+    if to_status == "queued":
+        s.info.setdefault("enqueued", []).extend(ids)  # distributed mode sends their messages
     return ids
+
+
+def cancel_queued_in(session: Session, conditions: list[Any], *, reason: str, actor: str) -> list[int]:
+    """Cancel the queued jobs matching ``conditions`` in ``session``'s transaction, with the reason
+    code ``reason`` (a step that ends its own followers, e.g. best-of-N's ``edit.early_stop``), each
+    change recorded as a ``JobEvent`` as ``jobs cancel`` records it; returns their ids."""
+    return _change_in(session, "cancel", "cancelled", [*conditions, QUEUED], actor,
+                      {"finished_at": utcnow(), "reason": reason})
 
 
 def retry_jobs(db: Database, *, stage: str | None = None, statuses: Sequence[str] = ("failed", "dead"),

@@ -237,6 +237,7 @@ class Edit(Base):
     height: Mapped[int] = mapped_column(Integer)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON)
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"), index=True)  # LoRA used, if any
+    candidate: Mapped[int | None] = mapped_column(Integer)  # which of an analysis's N candidates (0014)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -460,6 +461,28 @@ class AssetLineage(Base):
 
 
 
+class Selection(Base):
+    """Best-of-N: the candidate edit the selection step picked for one analysis (``edit_id``),
+    the ranking and why; a person's overrule (``person_edit_id``) wins over it."""
+
+    __tablename__ = "selections"
+
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), primary_key=True)
+    item_set_id: Mapped[int] = mapped_column(ForeignKey("item_sets.id"), index=True)
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"), index=True)
+    ranking: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    rule: Mapped[str] = mapped_column(String(100))
+    why: Mapped[str] = mapped_column(Text)
+    candidates: Mapped[int] = mapped_column(Integer)  # candidates scored when it was selected
+    expected: Mapped[int] = mapped_column(Integer)  # candidates asked for (edit.candidates then)
+    person_edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id"), index=True)
+    person_reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"))
+    person_note: Mapped[str | None] = mapped_column(Text)
+    person_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # indexed: a run's summary reads the sets it selected (0014)
+    selected_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 class ModelUsage(Base):
     """Tokens the model stages spent, per stage and model id (a served model's id as its server
     names it), added in the transaction that records each job (``common.store.usage``), so a
@@ -496,6 +519,7 @@ __all__ = [
     "JobEvent",
     "ModelUsage",
     "Score",
+    "Selection",
     "Review",
     "ReviewCurrent",
     "ReviewEditCount",

@@ -117,6 +117,15 @@ def test_gpu_check_refuses_an_unknown_section(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
+def test_bench_best_of_n(user: UserStore) -> None:
+    report = run_bench(user, "bench_best_of_n.py", "--smoke", "--json")
+    assert report["benchmark"] == "best_of_n" and report["analysed_sets"] == report["selected_sets"] == 2
+    assert report["all_candidates_scored"] is True and [r["n"] for r in report["rows"]] == [1, 2]
+    assert [r["candidates"] for r in report["rows"]] == [2, 4]
+    assert all(has_keys(r, "acceptance_per_set", "accepted_candidates_per_set", "edit_model_s",
+                        "edit_model_s_per_accepted_edit") for r in report["rows"])
+
+
 def test_bench_claim(user: UserStore) -> None:
     rows = run_bench(user, "bench_claim.py", "--jobs", "20", "--processes", "1", "--pg-url", PG_ADMIN_URL)
     assert [r["db"] for r in rows] == ["sqlite", "postgresql"]
