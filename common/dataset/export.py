@@ -15,6 +15,9 @@ pass; memory does not grow with the number of rows.
 One row per edit, pipeline-made or imported; ``edit_prompt`` is the text column diffusers'
 InstructPix2Pix training script reads by default. ``decision`` chooses the rows: ``accepted``
 (the default), ``rejected`` (the preference negatives) or ``all`` (never-scored edits too).
+Best-of-N: of an analysis's candidate edits only the selected one counts as accepted; the others
+that were accepted come with ``rejected`` and the reason ``selection.not_selected``
+(:mod:`common.dataset.export_rows`).
 Every row carries its decision, reason codes, one column per metric and the judge's verdict.
 Nested records (analysis, keywords, parameters, verdict) are JSON strings so every row has the
 same schema.
@@ -43,10 +46,15 @@ from common.core.settings import get_settings
 from common.dataset.card import CARD, CardConfig, Tally, write_card
 from common.dataset.export_rows import (
     DECISION_FILTERS,
+    PASSED_OVER,
+    SELECTED,
+    final_decision_sql,
     iter_pairs,
     iter_rows,
     plan_rows,
     recipe_controls,
+    selected_decision_sql,
+    with_winners,
 )
 from common.dataset.layouts import LAYOUTS, LayoutPlan
 from common.dataset.outfolder import claim_folder
@@ -64,7 +72,7 @@ from common.domain.agreement import agreement_summary
 from common.domain.decide import RULES
 from common.media.contact_sheet import ContactSheet
 from common.store.db import Database
-from common.store.rows import Decision, Edit
+from common.store.rows import Decision, Edit, ReviewEditCount
 from common.store.storage import Storage
 
 if TYPE_CHECKING:
@@ -103,9 +111,16 @@ def _nothing_to_export(db: Database, decision: str) -> InputError:
     with db.session() as s:
         total = s.scalar(select(func.count()).select_from(Edit)) or 0
         by = dict(s.execute(select(Decision.decision, func.count()).group_by(Decision.decision)).all())
+        passed_over = s.scalar(with_winners(
+            select(func.count()).select_from(Edit).outerjoin(Decision, Decision.edit_id == Edit.id)
+            .outerjoin(ReviewEditCount, ReviewEditCount.edit_id == Edit.id))
+            .where(final_decision_sql() == "accepted", selected_decision_sql() == "rejected")) or 0
     unscored = total - sum(by.values())
     counts = ", ".join(f"{k} {by.get(k, 0)}" for k in ("accepted", "rejected")) + f", not scored {unscored}"
     hint = "" if decision == "all" else "; --decision all exports every edit, scored or not"
+    if passed_over and decision == "accepted":
+        hint += (f"; {passed_over} accepted candidates were not selected (best-of-N): --decision rejected exports "
+                 "them, or a person can select one on the review page")
     return InputError(f"no edits to export with --decision {decision} ({total} edits: {counts}){hint}",
                       code="export.empty")
 
@@ -141,6 +156,8 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
                          format=fmt, decision="pairs" if pairs else decision)
     sheet = ContactSheet(plan.metrics, plan.ranges, thresholds_of(db, plan.columns))
     by_decision: Counter[str] = Counter()
+    by_selection: Counter[str] = Counter()  # rows (pairs: both sides) selected / not selected by best-of-N
+    by_pairing: Counter[str] = Counter()  # pairs by how they were made (preference)
     tally = Tally()
     writer = (LAYOUTS[fmt](storage, owned, layout) if fmt in LAYOUTS
               else PreferenceWriter(storage, owned, plan.metrics, shard_size=shard_size) if pairs
@@ -159,6 +176,9 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
                     sheet.add(edit)
                 tally.add({**row, "decision": "pair"} if pairs else row)
                 by_decision["pairs" if pairs else (row["decision"] or "unscored")] += 1
+                by_selection.update(e["selection"] for e in edits if e["selection"])
+                if pairs:
+                    by_pairing[row["pairing"]] += 1
                 progress.update()
     except BaseException:
         writer.abort()  # what was written stays journalled: the next export removes it
@@ -166,21 +186,41 @@ def export(db: Database, storage: Storage, out_dir: Path, *, fmt: str = "imagefo
     writer.close()
     rows = sum(by_decision.values())
     summary = summarise(db, exported=rows, filtered=plan.filtered)
-    summary["export"] = {"decision": decision, "format": fmt, "rows": rows, "by_decision": dict(by_decision)}
+    summary["export"] = {"decision": decision, "format": fmt, "rows": rows, "by_decision": dict(by_decision),
+                         "selection": {"selected": by_selection[SELECTED], "not_selected": by_selection[PASSED_OVER]}}
+    if pairs:
+        summary["export"]["by_pairing"] = dict(by_pairing)
     with db.session() as s:
         summary["review"] = agreement_summary(s)
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     contact = sheet.write(storage, out_dir / "contact_sheet.html", summary, limits=settings.images)
     selection = ("every input and instruction with a finally accepted and a finally rejected edit, every such "
-                 "pair" if pairs else f"--decision {decision}") + (
+                 "pair; where an analysis had N candidate edits and one was selected, the selected edit with each "
+                 "other candidate" if pairs else f"--decision {decision}") + (
         f", --min-confidence {min_confidence:g}" if min_confidence else "") + (f", --recipe {recipe}" if recipe else "")
     write_card(out_dir / CARD, layout=fmt, selection=selection, tally=tally, rows=rows,
-               configs=_card_configs(fmt, writer, plan.metrics, rows))
+               configs=_card_configs(fmt, writer, plan.metrics, rows), notes=_best_of_n_notes(pairs, by_selection))
     owned.finish()
     log.info("exported %d rows (%s; %d filtered out) to %s as %s", rows, decision, plan.filtered, out_dir, fmt)
     return ExportReport(out_dir, fmt, decision, rows, plan.filtered, summary_path, contact, dict(by_decision),
                         getattr(writer, "shards", 0))
+
+
+def _best_of_n_notes(pairs: bool, by_selection: Counter[str]) -> list[str]:
+    """The card's word on best-of-N, where any exported edit was one of several candidates."""
+    if not by_selection:
+        return []
+    counts = f"{by_selection[SELECTED]} selected, {by_selection[PASSED_OVER]} not selected"
+    if pairs:
+        return [f"Best-of-N ({counts}, chosen and rejected sides counted): where an analysis made N candidate "
+                "edits, the selected one (a reviewer's overrule over the selection step's pick) is `chosen` "
+                "against each other decided candidate of it (`pairing` = `selection`); other edits pair each "
+                "accepted with each rejected edit of the same input and instruction (`pairing` = `decision`)."]
+    return [f"Best-of-N ({counts}): where an analysis made N candidate edits, only the selected one (a "
+            "reviewer's overrule over the selection step's pick) counts as accepted; an accepted candidate that "
+            "was not selected is `rejected` with the reason `selection.not_selected`. The columns `candidate`, "
+            "`selection`, `selection_rank`, `selection_by`, `selection_why` and `selection_note` say which."]
 
 
 def _card_configs(fmt: str, writer: Any, metrics: list[str], rows: int) -> list[CardConfig]:

@@ -7,6 +7,12 @@ decision filter runs in SQL: the final decision is the people's majority where t
 decision stands otherwise (as :mod:`common.domain.final_decision` says); ``--min-confidence``
 is a ``WHERE`` too. Scores, final decisions (tags, reviewers) and provenance are read per chunk.
 
+Best-of-N: where an analysis has a ``selections`` row, only its effective winner (a person's
+overrule, else the selection step's pick) counts as accepted; an accepted candidate that is not
+the winner is exported as rejected with the reason ``selection.not_selected``
+(:func:`common.domain.overrule.decision_with_selection`, the same rule in SQL:
+:func:`selected_decision_sql`). Edits whose analysis has no selection keep their final decision.
+
 Two passes: :func:`plan_rows` reads ids, confidences and score metrics only, to count the rows
 (nothing is written when there are none), name the metric columns (every row has the same
 schema, so they must be known before the first row is written) and find each metric's range
@@ -23,11 +29,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, null, select
+from sqlalchemy import and_, case, func, null, or_, select
 from sqlalchemy.orm import Session
 
 from common.core.errors import InputError
 from common.domain.final_decision import FinalDecision, final_decisions
+from common.domain.overrule import (
+    NOT_SELECTED,
+    decision_with_selection,
+    rank_of,
+    selections_for,
+    winner_of,
+)
+from common.domain.selection import effective_selection
 from common.store.db import Database
 from common.store.rows import (
     Analysis,
@@ -38,7 +52,17 @@ from common.store.rows import (
     Job,
     ReviewEditCount,
     Score,
+    Selection,
 )
+
+#: every selection's effective winner, ``(analysis_id, edit_id)``; outer-joined to the candidates only
+#: (an edit with no candidate number keeps its own decision, as :mod:`common.domain.selection` says)
+WINNERS = effective_selection().subquery("winners")
+
+
+def with_winners(query: Any) -> Any:
+    """``query`` (over ``edits``) with :data:`WINNERS` outer-joined to the edits that are candidates."""
+    return query.outerjoin(WINNERS, and_(WINNERS.c.analysis_id == Edit.analysis_id, Edit.candidate.is_not(None)))
 
 DECISION_FILTERS = ("accepted", "rejected", "all")
 UNSCORED = ""  # the decision column of an edit never scored (exported with --decision all only)
@@ -52,8 +76,10 @@ BASE_COLUMNS = (
     "keywords", "variation", "provenance", "source_urls", "page_urls", "source_paths", "sites", "categories",
     "licences", "found_via", "input_sha256", "edited_sha256", "vl_backend", "vl_model", "vl_params",
     "prompt_version", "schema_version", "edit_backend", "edit_model", "edit_params", "seed", "item_set_key",
-    "vl_job_key", "ai_decision", "review_decision", "review_tags", "reviewers",
+    "vl_job_key", "ai_decision", "review_decision", "review_tags", "reviewers", "candidate", "selection",
+    "selection_rank", "selection_by", "selection_why", "selection_note",
 )
+SELECTED, PASSED_OVER = "selected", "not_selected"  # the ``selection`` column; "" where the set has no selection
 
 
 @dataclass
@@ -78,12 +104,21 @@ def final_decision_sql() -> Any:
                 (c.accepted + c.rejected > 0, null()), else_=Decision.decision)
 
 
+def selected_decision_sql() -> Any:
+    """The decision export goes by, as SQL (:func:`with_winners` joined too): the final decision, except
+    that an accepted candidate which is not its analysis's effective winner is rejected."""
+    final = final_decision_sql()
+    winner = WINNERS.c.edit_id
+    passed_over = and_(WINNERS.c.analysis_id.is_not(None), or_(winner.is_(None), winner != Edit.id))
+    return case((and_(final == "accepted", passed_over), "rejected"), else_=final)
+
+
 def _chosen(query: Any, decision: str, recipe: str | None = None) -> Any:
-    query = query.outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(
-        ReviewEditCount, ReviewEditCount.edit_id == Edit.id)
+    query = with_winners(query.outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(
+        ReviewEditCount, ReviewEditCount.edit_id == Edit.id))
     if recipe is not None:  # ``--recipe``: the edits of that recipe's item sets only
         query = query.where(Edit.item_set_id.in_(select(ItemSet.id).where(ItemSet.recipe == recipe)))
-    return query if decision == "all" else query.where(final_decision_sql() == decision)
+    return query if decision == "all" else query.where(selected_decision_sql() == decision)
 
 
 def _check(decision: str) -> None:
@@ -156,15 +191,20 @@ def _records(s: Session, found: Sequence[Any], columns: dict[tuple[str, str], st
              decision: str) -> Iterator[dict[str, Any]]:
     ids = [edit.id for edit, *_ in found]
     finals = final_decisions(s, ids)  # tags and reviewers of this chunk's reviewed edits
+    selections = selections_for(s, [edit.analysis_id for edit, *_ in found if edit.candidate is not None])
     scores: dict[int, list[Score]] = {}
     for score in s.scalars(select(Score).where(Score.edit_id.in_(ids)).order_by(Score.edit_id, Score.scorer)):
         scores.setdefault(score.edit_id, []).append(score)
     for edit, item, analysis, vl_job, dec in found:
         final = finals.get(edit.id)
-        if decision != "all" and (final.decision if final else None) != decision:
-            continue  # reviewed between the query and now
+        selection = selections.get(edit.analysis_id) if edit.analysis_id is not None and edit.candidate is not None \
+            else None  # an edit with no candidate number keeps its own decision
+        if decision != "all" and decision_with_selection(final.decision if final else None, edit.id,
+                                                         selection) != decision:
+            continue  # reviewed (or the selection overruled) between the query and now
         row = _row(edit, item, analysis, vl_job, dec, scores.get(edit.id, []))
         row.update(_review_columns(final, dec))
+        row.update(_selection_columns(edit, selection, row))
         values = row.pop("_metrics")
         for pair, name in columns.items():
             row[name] = _number(values.get(pair))
@@ -181,6 +221,23 @@ def _review_columns(final: FinalDecision | None, dec: Decision | None) -> dict[s
     return {"decision": final.decision or ("unresolved" if tie else UNSCORED), "ai_decision": ai,
             "review_decision": final.review_decision or ("tie" if tie else ""),
             "review_tags": list(final.review_tags), "reviewers": list(final.reviewers)}
+
+
+def _selection_columns(edit: Edit, selection: Selection | None, row: dict[str, Any]) -> dict[str, Any]:
+    """The candidate number and, where its analysis has a selection, whether it is the effective winner,
+    its rank, who picked (``selection`` or ``person``) and why; an accepted candidate that is not the
+    winner becomes rejected with the reason :data:`NOT_SELECTED`."""
+    out: dict[str, Any] = {"candidate": edit.candidate, "selection": "", "selection_rank": None,
+                           "selection_by": "", "selection_why": "", "selection_note": ""}
+    if selection is None:
+        return out
+    selected = winner_of(selection) == edit.id
+    out.update(selection=SELECTED if selected else PASSED_OVER, selection_rank=rank_of(selection, edit.id),
+               selection_by="person" if selection.person_edit_id is not None else "selection",
+               selection_why=selection.why, selection_note=selection.person_note or "")
+    if not selected and row["decision"] == "accepted":
+        out.update(decision="rejected", reasons=[*row["reasons"], NOT_SELECTED])
+    return out
 
 
 def _row(edit: Edit, item: ItemSet, analysis: Analysis | None, vl_job: Job | None, dec: Decision | None,
@@ -271,24 +328,30 @@ def recipe_controls(db: Database, *, decision: str = "accepted", min_confidence:
 
 def _pair_ids(s: Session, item_sets: list[int], min_confidence: float | None,
               recipe: str | None = None) -> list[tuple[int, int]]:
-    """(accepted id, rejected id) for every edit of ``item_sets`` finally accepted and every one finally
-    rejected of the same item set and instruction, ordered by item set, instruction and ids."""
-    final = final_decision_sql()
+    """(chosen id, rejected id) pairs of the edits of ``item_sets``, by the decision export goes by
+    (:func:`selected_decision_sql`). The candidates of an analysis with a selection make one group: its
+    effective winner (when accepted) with each other decided candidate. Every other edit groups by item
+    set and instruction, as before best-of-N: every accepted one with every rejected one. Ordered by item
+    set, group and ids."""
+    decided = selected_decision_sql()
     prompt = func.coalesce(Edit.edit_prompt, Analysis.edit_prompt, "")
-    q = _chosen(select(Edit.id, Edit.item_set_id, prompt, final).outerjoin(Analysis, Edit.analysis_id == Analysis.id),
-                "all", recipe).where(Edit.item_set_id.in_(item_sets), final.in_(("accepted", "rejected")))
+    q = _chosen(select(Edit.id, Edit.item_set_id, prompt, decided, WINNERS.c.analysis_id)
+                .outerjoin(Analysis, Edit.analysis_id == Analysis.id),
+                "all", recipe).where(Edit.item_set_id.in_(item_sets), decided.in_(("accepted", "rejected")))
     if min_confidence is not None:
         q = q.where(Analysis.confidence >= min_confidence)
-    groups: dict[tuple[int, str], dict[str, list[int]]] = {}
-    for edit_id, item_set_id, text, decision in s.execute(q.order_by(Edit.item_set_id, Edit.id)):
-        groups.setdefault((item_set_id, text), {"accepted": [], "rejected": []})[decision].append(edit_id)
+    groups: dict[tuple[int, int, int, str], dict[str, list[int]]] = {}
+    for edit_id, item_set_id, text, decision, selected_set in s.execute(q.order_by(Edit.item_set_id, Edit.id)):
+        key = (item_set_id, 0, 0, text) if selected_set is None else (item_set_id, 1, selected_set, "")
+        groups.setdefault(key, {"accepted": [], "rejected": []})[decision].append(edit_id)
     return [(a, r) for key in sorted(groups) for a in groups[key]["accepted"] for r in groups[key]["rejected"]]
 
 
 def iter_pairs(db: Database, columns: dict[tuple[str, str], str], *, min_confidence: float | None = None,
                chunk: int = CHUNK, ids_only: bool = False, recipe: str | None = None) -> Iterator[tuple[Any, Any]]:
     """Preference pairs: (chosen row, rejected row) for every input (item set) and instruction that has
-    a finally accepted and a finally rejected edit, every accepted one with every rejected one. Read in
+    a finally accepted and a finally rejected edit, every accepted one with every rejected one; for an
+    analysis with a selection, its selected edit with each other candidate (:func:`_pair_ids`). Read in
     chunks of ``chunk`` item sets (keyset on the item set id): memory holds one chunk's edits.
     ``ids_only`` yields the two edit ids instead of the rows (to count the pairs)."""
     last = 0

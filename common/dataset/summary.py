@@ -1,6 +1,7 @@
 """A run's summary: counts per stage and outcome, acceptance per recipe, site and category,
 decisions with their rejection reason codes per recipe, site and category, failures by reason code,
-and what the crawls did with the images they found (refusals and skips by reason code).
+what the crawls did with the images they found (refusals and skips by reason code), and best-of-N's
+selections (sets, candidates selected and not, sets a person overruled).
 Every figure is counted by the database (``GROUP BY``), except the crawl counts, summed over the
 scrape jobs' reports read one at a time: memory does not grow with the store."""
 
@@ -11,11 +12,12 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import String, case, cast, func, select
 
+from common.domain.selection import effective_selection
 from common.store import jobs as jobstore
 from common.store.db import Database
-from common.store.rows import Asset, Decision, Edit, ItemSet, ItemSetAsset, Job
+from common.store.rows import Asset, Decision, Edit, ItemSet, ItemSetAsset, Job, Selection
 
 LOCAL = "(local files)"
 
@@ -57,6 +59,7 @@ def summarise(db: Database, *, exported: int | None = None, filtered: int | None
             .group_by(Job.stage, Job.status, Job.error_type, Job.reason)
         ).all()
         messages = dict(s.execute(select(Job.id, Job.error_message).where(Job.id.in_([f[5] for f in failed]))).all())
+        out["selection"] = _selections(s)
         out["crawl"] = _crawl(s)
     out["acceptance"] = {
         "by_recipe": _acceptance(vl, edits, lambda r: r[0]),
@@ -107,6 +110,19 @@ def _crawl(s: Any) -> dict[str, Any]:
         for failure in (report.get("pages_failed") or []) + (report.get("images_failed") or []):
             out["failures_by_code"][str(failure.get("code"))] += 1
     return {"crawls": crawls, **{key: dict(sorted(counts.items())) for key, counts in out.items()}}
+
+
+def _selections(s: Any) -> dict[str, int]:
+    """Best-of-N over the store: analyses with a selection, those a person overruled, their candidate
+    edits, and of those how many are the effective winner (a person's pick, else the step's) or not."""
+    sets, overruled = s.execute(select(func.count(), func.count(Selection.person_edit_id))).one()
+    winners = effective_selection().subquery()
+    candidates, selected = s.execute(
+        select(func.count(), func.coalesce(func.sum(case((winners.c.edit_id == Edit.id, 1), else_=0)), 0))
+        .select_from(Edit).join(winners, winners.c.analysis_id == Edit.analysis_id)
+        .where(Edit.candidate.is_not(None))).one()
+    return {"sets": int(sets), "overruled": int(overruled), "candidates": int(candidates),
+            "selected": int(selected), "not_selected": int(candidates) - int(selected)}
 
 
 def _acceptance(vl: Sequence[Any], edits: Sequence[Any], key: Any) -> dict[str, dict[str, Any]]:

@@ -129,6 +129,8 @@ def features_of(metrics: list[str]) -> Any:
         "vl_backend": text, "vl_model": text, "vl_params": text, "prompt_version": text,
         "schema_version": text, "edit_backend": text, "edit_model": text, "edit_params": text,
         "seed": Value("int64"), "item_set_key": text, "vl_job_key": text,
+        "candidate": Value("int64"), "selection": text, "selection_rank": Value("int64"), "selection_by": text,
+        "selection_why": text, "selection_note": text,
     }
     for name in metrics:
         features.setdefault(name, number)

@@ -1,6 +1,6 @@
 """The review web app: pages for people, a JSON API for scripts, images by edit id only.
 
-``create_app`` builds it from its routers (``login``, ``pages``, ``api``, ``images``), the
+``create_app`` builds it from its routers (``login``, ``pages``, ``api``, ``images``, ``sets``), the
 middleware (security headers, the request-body cap) and the handlers that turn the app's errors
 into answers; who may call what is in ``deps``.
 """
@@ -19,7 +19,8 @@ from fastapi.templating import Jinja2Templates
 
 from common.core.errors import InputError
 from common.core.settings import ReviewSettings
-from common.review import api, images, login, pages
+from common.domain.overrule import UnknownSet
+from common.review import api, images, login, pages, sets
 from common.review.deps import Forbidden, NotLoggedIn, ReviewContext, UnknownEditError
 from common.review.middleware import BodySizeLimit, security_headers
 from common.store.db import Database
@@ -56,6 +57,11 @@ async def _unknown_edit(request: Request, exc: UnknownEditError) -> Response:
     return JSONResponse({"detail": f"no edit {exc.edit_id}"}, status_code=404)
 
 
+async def _unknown_set(request: Request, exc: UnknownSet) -> Response:
+    return JSONResponse({"detail": f"analysis {exc.args[0]} has no selection of candidates (best-of-N): "
+                         "nothing to show or overrule"}, status_code=404)
+
+
 def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> FastAPI:
     """The review app over ``db`` and ``storage``; its OpenAPI schema is not served."""
     app = FastAPI(title="synthpipe review", docs_url=None, redoc_url=None, openapi_url=None)
@@ -68,7 +74,8 @@ def create_app(db: Database, storage: Storage, settings: ReviewSettings) -> Fast
     app.exception_handler(Forbidden)(_forbidden)
     app.exception_handler(InputError)(_input_error)
     app.exception_handler(UnknownEditError)(_unknown_edit)
-    for router in (login.router, pages.router, api.router, images.router):
+    app.exception_handler(UnknownSet)(_unknown_set)
+    for router in (login.router, pages.router, api.router, images.router, sets.router):
         # the routes themselves, not an include: newer FastAPI lists an included router as one
         # opaque entry, and ``app.routes`` should name every route (the tests walk them all)
         app.router.routes.extend(router.routes)

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from common.core.errors import InputError
+from common.domain import overrule
 from common.domain import review_queue as queries
 from common.review.deps import Principal, ReviewContext, UnknownEditError
 
@@ -98,7 +99,8 @@ def queue_page(ctx: ReviewContext, who: Principal, f: queries.QueueFilter, limit
                options: bool = True) -> dict[str, Any]:
     """One page of the queue: its items, the total (``total_is_estimate``: the planner's estimate
     of a large filtered queue, see ``queries.queue_total``), the reviewer's progress and (for the
-    page) the values each filter can take."""
+    page) the values each filter can take; ``sets``: for the items that are candidates of a best-of-N
+    selection, their set (``common.domain.overrule.badges``)."""
     required = ctx.settings.required
     with ctx.db.session() as s:
         if ctx.db.dialect == "postgresql":  # count, page and progress from one snapshot
@@ -106,8 +108,8 @@ def queue_page(ctx: ReviewContext, who: Principal, f: queries.QueueFilter, limit
         ids, total, estimated = queries.queue_ids(s, f, who.reviewer_id, required=required, limit=limit,
                                                   offset=offset)
         items = queries.load_items(s, ids, who.reviewer_id, with_others=who.is_admin)
-        return {"items": items, "total": total, "total_is_estimate": estimated, "offset": offset, "limit": limit,
-                "progress": queries.progress(s, who.reviewer_id, required=required),
+        return {"items": items, "sets": overrule.badges(s, ids), "total": total, "total_is_estimate": estimated,
+                "offset": offset, "limit": limit, "progress": queries.progress(s, who.reviewer_id, required=required),
                 "options": queries.filter_options(s) if options else {}}
 
 

@@ -69,7 +69,8 @@ def test_every_route_refuses_without_login(env):
     for route in app.routes:
         if not isinstance(route, APIRoute) or route.path == "/login":
             continue
-        path = route.path.replace("{edit_id:int}", str(eid)).replace("{index:int}", "0")
+        path = (route.path.replace("{edit_id:int}", str(eid)).replace("{index:int}", "0")
+                .replace("{analysis_id:int}", "1"))
         for method in route.methods:
             r = c.request(method, path, follow_redirects=False,
                           json={"decision": "accept"} if path.startswith("/api/") and method == "POST" else None)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fixtures.candidate_sets import Cand, add_set
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import select
 
@@ -47,6 +48,7 @@ def _target(db: Database, via: str) -> Target:
         csrf = row.csrf_token
     for seed in range(3):  # some ids that exist: 1, 2, 3
         add_edit(db, storage, Spec(garments=seed % 2), seed)
+    add_set(db, storage, [Cand(), Cand(), Cand("rejected", ("clip_low",))], 9)  # best-of-N: analysis 1, edits 4-6
     headers = ({"Authorization": f"Bearer {token}"} if via == "token"
                else {"Cookie": f"synthpipe_review={cookie}", "X-CSRF-Token": csrf})
     return Target(create_app(db, storage, review), headers)
