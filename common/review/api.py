@@ -4,11 +4,11 @@ A script token (``Authorization: Bearer …``) or a session cookie with ``X-CSRF
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from common.domain import overrule
@@ -20,19 +20,22 @@ from common.review.deps import ApiUser, Ctx, UnknownEditError, check_api_csrf
 router = APIRouter(prefix="/api")
 
 
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("a note has no NUL characters")
+    return value
+
+
+#: a reviewer's note in a JSON body: at most 2,000 characters, no NUL (the database refuses it)
+Note = Annotated[str | None, Field(max_length=2000), AfterValidator(_no_nul)]
+
+
 class DecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["accept", "reject"]
     tags: list[str] = Field(default_factory=list, max_length=9)
-    note: str | None = Field(None, max_length=2000)
-
-    @field_validator("note")
-    @classmethod
-    def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("a note has no NUL characters")
-        return value
+    note: Note = None
 
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -18,12 +18,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from common.domain import overrule
 from common.review import worklist
-from common.review.api import read_body
+from common.review.api import Note, read_body
 from common.review.deps import (
     ApiUser,
     Ctx,
@@ -44,14 +44,7 @@ class SelectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     edit_id: int = Field(ge=1, le=overrule.MAX_ID)
-    note: str | None = Field(None, max_length=2000)
-
-    @field_validator("note")
-    @classmethod
-    def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("a note has no NUL characters")
-        return value
+    note: Note = None
 
 
 def _view(ctx: ReviewContext, analysis_id: int) -> overrule.CandidateSet:
