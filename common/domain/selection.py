@@ -150,28 +150,45 @@ class _SetView:
     decided: list[CandidateRow] = field(default_factory=list)
 
 
+def _in_range(session: Session, query: Any, column: Any, ids: list[int]) -> list[Any]:
+    """``query``'s rows with ``column`` within the range of ``ids`` (one index range read: a join on
+    ``column`` lets the planner scan the whole table once per chunk instead)."""
+    if not ids:
+        return []
+    return list(session.execute(query.where(column >= min(ids), column <= max(ids))))
+
+
 def _read(session: Session, where: list[Any], key: SelectKey) -> dict[int, _SetView]:
-    """The candidates of the analyses matching ``where`` (conditions on ``Edit``), by analysis."""
-    rows = session.execute(
-        select(Edit.id, Edit.analysis_id, Edit.item_set_id, Edit.candidate, Edit.backend, Edit.seed,
-               Decision.decision, Decision.reasons, Decision.margin, Job.payload["candidates"].as_integer())
-        .outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(Job, Job.id == Edit.job_id)
+    """The candidates of the analyses matching ``where`` (conditions on ``Edit``), by analysis.
+
+    The edits first, then their decisions, planned counts and key metric each by a range of ids
+    (a chunk's edits, and so their jobs, are close together), so the cost of a chunk does not
+    grow with the store."""
+    edits = session.execute(
+        select(Edit.id, Edit.analysis_id, Edit.item_set_id, Edit.candidate, Edit.backend, Edit.seed, Edit.job_id)
         .where(Edit.candidate.is_not(None), Edit.analysis_id.is_not(None), *where)
         .order_by(Edit.analysis_id, Edit.candidate, Edit.id)).all()
+    ids = [r[0] for r in edits]
+    wanted = set(ids)
+    decisions = {r[0]: r[1:] for r in _in_range(
+        session, select(Decision.edit_id, Decision.decision, Decision.reasons, Decision.margin), Decision.edit_id, ids)
+        if r[0] in wanted}
+    job_ids = [r[6] for r in edits if r[6] is not None]
+    planned = dict(_in_range(session, select(Job.id, Job.payload["candidates"].as_integer()), Job.id, job_ids))
     values: dict[int, float | None] = {}
-    decided_ids = [r[0] for r in rows if r[6] is not None]
+    decided_ids = [i for i in ids if i in decisions]
     if key.scorer is not None and decided_ids:
-        lo, hi = min(decided_ids), max(decided_ids)
-        for edit_id, metrics in session.execute(
-                select(Score.edit_id, Score.metrics).where(Score.edit_id >= lo, Score.edit_id <= hi,
-                                                           Score.scorer == key.scorer, Score.error_code.is_(None))):
-            values[edit_id] = _number((metrics or {}).get(key.metric))
+        metric = select(Score.edit_id, Score.metrics).where(Score.scorer == key.scorer, Score.error_code.is_(None))
+        values = {edit_id: _number((metrics or {}).get(key.metric))  # a value that is no number counts as none
+                  for edit_id, metrics in _in_range(session, metric, Score.edit_id, decided_ids)}
     out: dict[int, _SetView] = {}
-    for edit_id, analysis_id, item_set_id, k, backend, seed, decision, reasons, margin, planned in rows:
+    for edit_id, analysis_id, item_set_id, k, backend, seed, job_id in edits:
+        assert analysis_id is not None and k is not None  # the query's conditions
         view = out.setdefault(analysis_id, _SetView(item_set_id))
         view.made += 1
-        view.expected = max(view.expected, int(planned or 0), view.made)
-        if decision is not None:
+        view.expected = max(view.expected, int(planned.get(job_id) or 0), view.made)
+        if edit_id in decisions:
+            decision, reasons, margin = decisions[edit_id]
             view.decided.append(CandidateRow(edit_id, int(k), backend, int(seed), decision, tuple(reasons or ()),
                                              _number(margin), values.get(edit_id)))
     return out
