@@ -1,7 +1,10 @@
 """The rows an export writes, read from the store in chunks: memory does not grow with the store.
 
-Edits are read in keyset-paginated chunks (``WHERE edits.id > last ORDER BY edits.id LIMIT n``),
-in edit-id order, so two exports of the same store write the same rows in the same order. The
+Edits are read in windows of edit ids (``WHERE edits.id > lo AND edits.id <= lo + n``, the
+same bounds repeated in the joins on ``decisions`` and ``review_edit_counts``, which PostgreSQL
+does not carry over by itself: without them each chunk's join read those tables from the first
+edit on, and a chunk deep in a 300k-edit store cost 10 to 40 times one at its start), in edit-id
+order, so two exports of the same store write the same rows in the same order. The
 decision filter runs in SQL: the final decision is the people's majority where they decided (from
 ``review_edit_counts``, kept by a trigger on ``reviews``), a tie is unresolved, and the AI's
 decision stands otherwise (as :mod:`common.domain.final_decision` says); ``--min-confidence``
@@ -113,9 +116,16 @@ def selected_decision_sql() -> Any:
     return case((and_(final == "accepted", passed_over), "rejected"), else_=final)
 
 
-def _chosen(query: Any, decision: str, recipe: str | None = None) -> Any:
-    query = with_winners(query.outerjoin(Decision, Decision.edit_id == Edit.id).outerjoin(
-        ReviewEditCount, ReviewEditCount.edit_id == Edit.id))
+def _chosen(query: Any, decision: str, recipe: str | None = None, window: tuple[int, int] | None = None) -> Any:
+    """``query`` (over ``edits``) with the decision columns joined and the ``decision`` filter; with
+    ``window`` = (lo, hi) only edits lo < id <= hi, the bounds on every join as well."""
+    on_decision, on_counts = Decision.edit_id == Edit.id, ReviewEditCount.edit_id == Edit.id
+    if window is not None:
+        lo, hi = window
+        query = query.where(Edit.id > lo, Edit.id <= hi)
+        on_decision = and_(on_decision, Decision.edit_id > lo, Decision.edit_id <= hi)
+        on_counts = and_(on_counts, ReviewEditCount.edit_id > lo, ReviewEditCount.edit_id <= hi)
+    query = with_winners(query.outerjoin(Decision, on_decision).outerjoin(ReviewEditCount, on_counts))
     if recipe is not None:  # ``--recipe``: the edits of that recipe's item sets only
         query = query.where(Edit.item_set_id.in_(select(ItemSet.id).where(ItemSet.recipe == recipe)))
     return query if decision == "all" else query.where(selected_decision_sql() == decision)
@@ -126,6 +136,17 @@ def _check(decision: str) -> None:
         raise InputError(f"unknown decision {decision!r} (allowed: {', '.join(DECISION_FILTERS)})")
 
 
+def _windows(s: Session, width: int) -> Iterator[tuple[int, int]]:
+    """(lo, hi] windows of ``width`` edit ids covering every edit, in order."""
+    first, last = s.execute(select(func.min(Edit.id), func.max(Edit.id))).one()
+    if first is None:
+        return
+    lo = first - 1
+    while lo < last:
+        yield lo, lo + width
+        lo += width
+
+
 def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float | None = None,
               recipe: str | None = None) -> RowPlan:
     """The first pass (see the module's docstring)."""
@@ -133,15 +154,13 @@ def plan_rows(db: Database, *, decision: str = "accepted", min_confidence: float
     plan = RowPlan()
     pairs: set[tuple[str, str]] = set()
     ranges: dict[tuple[str, str], tuple[float, float]] = {}
-    last = 0
     with db.session() as s:
-        while True:
+        for window in _windows(s, CHUNK):
             q = _chosen(select(Edit.id, Analysis.id, Analysis.confidence)
-                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id), decision, recipe)
-            chunk = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(CHUNK)).all()
+                        .outerjoin(Analysis, Edit.analysis_id == Analysis.id), decision, recipe, window)
+            chunk = s.execute(q.order_by(Edit.id)).all()
             if not chunk:
-                break
-            last = chunk[-1][0]
+                continue
             ids = []
             for edit_id, analysis_id, confidence in chunk:
                 if min_confidence is not None and (analysis_id is None or confidence < min_confidence):
@@ -169,19 +188,17 @@ def iter_rows(db: Database, columns: dict[tuple[str, str], str], *, decision: st
     """The chosen edits as records, in edit-id order, with URIs for their images and one column
     per metric of ``columns`` (a metric not in it, scored after :func:`plan_rows`, is left out)."""
     _check(decision)
-    last = 0
     with db.session() as s:
-        while True:
+        for window in _windows(s, chunk):
             q = _chosen(select(Edit, ItemSet, Analysis, Job, Decision)
                         .join(ItemSet, Edit.item_set_id == ItemSet.id)
                         .outerjoin(Analysis, Edit.analysis_id == Analysis.id)
-                        .outerjoin(Job, Analysis.job_id == Job.id), decision, recipe)
+                        .outerjoin(Job, Analysis.job_id == Job.id), decision, recipe, window)
             if min_confidence is not None:
                 q = q.where(Analysis.confidence >= min_confidence)
-            found = s.execute(q.where(Edit.id > last).order_by(Edit.id).limit(chunk)).all()
+            found = s.execute(q.order_by(Edit.id)).all()
             if not found:
-                return
-            last = found[-1][0].id
+                continue
             rows = list(_records(s, found, columns, decision))
             s.expunge_all()  # the session's identity map holds one chunk, never the store
             yield from rows
