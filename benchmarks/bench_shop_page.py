@@ -101,10 +101,10 @@ def main() -> None:
         buf = io.BytesIO()
         (samples.person if i % 2 else samples.garment)(i, (800, 1200)).save(buf, "JPEG", quality=90)
         photos.append(buf.getvalue())
-    detector.decide(site, "http://127.0.0.1/x.jpg", "http://127.0.0.1/", photos[0])  # load once
+    detector.by_image(site, photos[0])  # load once
     t0 = time.perf_counter()
     for data in photos:
-        detector.decide(site, "http://127.0.0.1/x.jpg", "http://127.0.0.1/", data)
+        detector.by_image(site, data)
     per_photo_ms = 1000 * (time.perf_counter() - t0) / len(photos)
     print(f"role detector: {per_photo_ms:.1f} ms per 800x1200 photo ({len(photos)} photos)")
     print(json.dumps({"pages": rows, "detector_ms_per_photo": round(per_photo_ms, 1)}))

@@ -572,7 +572,7 @@ class _SiteCrawl:
             outcome = ImageOutcome("rejected", BANNER, banner)
             decision = rule or RoleDecision(None, {})
         else:
-            decision = rule or self.c.roles.decide(self.site, url, page_url, got.data)
+            decision = rule or self.c.roles.by_image(self.site, got.data)
             outcome = self.c.register(self.on_image, ImageCandidate(
                 image_url=url, page_url=page_url, role=decision.role or "garment", data=got.data, site=self.site.name,
                 category=self.category, licence=self.site.licence, content_type=got.content_type,

@@ -286,7 +286,6 @@ class Candidate:
     density: float | None = None
     landmark: str | None = None  # nav / header / footer / menu / navigation ... around it
     box: tuple[float, float] | None = None  # rendered width, height (CSS px)
-    visible: bool | None = None
     hint: str = ""  # class, id and alt text, lowercased
     order: int = 0  # position on the page
 
@@ -430,7 +429,7 @@ def page_candidates(data: dict[str, Any], base: str, *, keep_state_url: Callable
             raw.append(Candidate(url=url.strip(), via=via, order=len(raw), **kw))
 
     for i, rec in enumerate(data.get("imgs") or []):
-        ctx = {"element": i, "landmark": rec.get("landmark"), "box": _box(rec), "visible": rec.get("visible"),
+        ctx = {"element": i, "landmark": rec.get("landmark"), "box": _box(rec),
                "hint": (rec.get("hint") or "").lower()}
         declared_h = _int(str(rec.get("height_attr") or ""))
         declared_w = _int(str(rec.get("width_attr") or ""))
@@ -572,20 +571,3 @@ def _unordered(real: list[Candidate]) -> bool:
     if first == second:
         return True
     return any(m.width is None and m.via in FULL_SIZE_SOURCES for m in real) and any(m.width for m in real)
-
-
-def page_image_urls(imgs: list[dict[str, Any]], singles: list[Any], base: str) -> list[str]:
-    """The best URL of each photo of a page, in page order (what a crawl without the rest of the
-    page data would take)."""
-    cands = page_candidates({"imgs": imgs, "singles": singles}, base)
-    return [g.best.url for g in group_versions(cands) if not g.best.placeholder]
-
-
-def image_urls_from_img(rec: dict[str, Any]) -> list[str]:
-    """The URL to take for one ``<img>`` record (at most one): its best version."""
-    cands = page_candidates({"imgs": [rec]}, "http://placeholder.invalid/")
-    groups = group_versions(cands)
-    if not groups or groups[0].best.placeholder:
-        return []
-    best = groups[0].best.url
-    return [best.removeprefix("http://placeholder.invalid/")]

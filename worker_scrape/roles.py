@@ -59,11 +59,9 @@ class RoleDetector:
             self._models = models
         return self._models
 
-    def decide(self, site: Site, image_url: str, page_url: str, data: bytes) -> RoleDecision:
-        """Site rule, else the detector (when the site allows it), else the site's default role."""
-        by_rule = rule_role(site, image_url, page_url)
-        if by_rule is not None:
-            return by_rule
+    def by_image(self, site: Site, data: bytes) -> RoleDecision:
+        """The role of a photo no site rule matched (:func:`rule_role`): the detector's when the site
+        allows it, else the site's default role."""
         if not site.roles_from_image:
             return RoleDecision(site.default_role, {"by": "default"})
         try:

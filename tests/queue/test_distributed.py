@@ -3,7 +3,6 @@ PostgreSQL, real `synthpipe worker` subprocesses on tiny models, and faults inje
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.cluster import Cluster, ingest_photos, one_analysis_per_job
-from fixtures.net import can_connect, free_port, wait_for
+from fixtures.net import wait_for
 from fixtures.redis import RedisServer
 from sqlalchemy import create_engine, func, select, text
 
@@ -149,50 +148,6 @@ def test_worker_refuses_without_broker(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "common.cli", "worker", "vl"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0 and "SYNTHPIPE_BROKER_URL" in out.stderr
-
-
-def test_flower_behind_basic_auth_shows_the_queues(redis_server: RedisServer, tmp_path: Path) -> None:
-    import base64
-    import urllib.error
-    import urllib.request
-
-    port = free_port()
-    env = {**os.environ, "SYNTHPIPE_DATA_DIR": str(tmp_path), "SYNTHPIPE_BROKER_URL": redis_server.url,
-           "SYNTHPIPE_FLOWER__BASIC_AUTH": "ops:s3cret"}
-    log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", "flower", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: can_connect(port), 60, "flower to listen")
-
-        def get(path: str, auth: bool) -> tuple[int, bytes]:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-            if auth:
-                req.add_header("Authorization", "Basic " + base64.b64encode(b"ops:s3cret").decode())
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    return resp.status, resp.read()
-            except urllib.error.HTTPError as exc:
-                return exc.code, b""
-
-        assert get("/", auth=False)[0] == 401
-        status, _ = get("/", auth=True)
-        assert status == 200
-        status, body = get("/api/queues/length", auth=True)
-        assert status == 200
-        names = {q["name"] for q in json.loads(body)["active_queues"]}
-        assert {"scrape", "vl", "edit"} <= names
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def test_flower_refuses_to_start_without_auth(tmp_path: Path) -> None:
-    env = {**os.environ, "SYNTHPIPE_DATA_DIR": str(tmp_path), "SYNTHPIPE_BROKER_URL": "redis://127.0.0.1:1/0"}
-    env.pop("SYNTHPIPE_FLOWER__BASIC_AUTH", None)
-    out = subprocess.run([sys.executable, "-m", "common.cli", "flower"], env=env, capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode != 0 and "SYNTHPIPE_FLOWER__BASIC_AUTH" in out.stderr
 
 
 @pytest.mark.browser

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from worker_scrape.extract import image_urls_from_img, largest, page_image_urls, parse_srcset
+from worker_scrape.extract import group_versions, largest, page_candidates, parse_srcset
 from worker_scrape.throttle import HostThrottle
 from worker_scrape.urls import (
     TrapGuard,
@@ -95,6 +95,18 @@ def test_parse_srcset() -> None:
     assert largest(xs).url == "two.jpg"
     assert [c.url for c in parse_srcset("ok.jpg 2x, bad.jpg 2q, odd.jpg 10w 2x")] == ["ok.jpg"]
     assert parse_srcset("") == [] and largest([]) is None
+
+
+def page_image_urls(imgs: list[dict], singles: list, base: str) -> list[str]:
+    """The best URL of each photo of a page, in page order."""
+    cands = page_candidates({"imgs": imgs, "singles": singles}, base)
+    return [g.best.url for g in group_versions(cands) if not g.best.placeholder]
+
+
+def image_urls_from_img(rec: dict) -> list[str]:
+    """The URL taken for one ``<img>`` record (at most one: its best version), relative as given."""
+    base = "http://s.example/"
+    return [u.removeprefix(base) for u in page_image_urls([rec], [], base)]
 
 
 def test_image_choice_per_img() -> None:
